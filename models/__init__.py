@@ -1,0 +1,1 @@
+"""Declarative PyMC models, one module per use case, each with ``build_model(...) -> pm.Model``."""
