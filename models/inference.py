@@ -1,0 +1,168 @@
+"""Sampling and the ArviZ analysis every use case shares: diagnostics, LOO, comparison.
+
+These helpers sample a model built by a ``build_model`` factory; they never build one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import xarray as xr
+
+__all__ = [
+    "compare_models",
+    "convergence",
+    "loo_summary",
+    "sample_posterior",
+    "summary_table",
+]
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}.")
+    return int(value)
+
+
+def sample_posterior(
+    model: pm.Model,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 2,
+    rng: Any = None,
+    var_names: Sequence[str] | None = None,
+    posterior_predictive: bool = True,
+    progressbar: bool = True,
+) -> xr.DataTree:
+    """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
+
+    Parameters
+    ----------
+    model
+        A model from a ``build_model`` factory.
+    draws, tune, chains
+        Kept draws per chain, tuning steps per chain and number of chains.
+    rng
+        Seed or ``numpy.random.Generator``; the same seed gives the same draws.
+    var_names
+        Variables to keep in the trace (default: all). Keep large latent vectors out.
+    posterior_predictive
+        Also draw the observed variables' posterior predictive.
+    progressbar
+        Show progress while sampling.
+
+    Returns
+    -------
+    xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``observed_data``, ``log_likelihood`` and
+        (optionally) ``posterior_predictive``.
+    """
+    draws = _check_positive_int("draws", draws)
+    chains = _check_positive_int("chains", chains)
+    if isinstance(tune, bool) or not isinstance(tune, int | np.integer) or tune < 0:
+        raise ValueError(f"tune must be an int >= 0, got {tune!r}.")
+    seeds = np.random.default_rng(rng).integers(0, 2**31 - 1, size=2)
+    cores = max(1, min(chains, os.cpu_count() or 1))
+    idata = pm.sample(
+        draws=draws,
+        tune=int(tune),
+        chains=chains,
+        cores=cores,
+        random_seed=int(seeds[0]),
+        var_names=list(var_names) if var_names is not None else None,
+        progressbar=progressbar,
+        model=model,
+    )
+    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    if posterior_predictive:
+        with warnings.catch_warnings():
+            # Custom likelihoods draw with numpy; PyTensor's numba backend says it will call
+            # that Python code ("object mode"), which is what we want, so keep the log clean.
+            warnings.filterwarnings("ignore", message="Numba will use object mode")
+            pm.sample_posterior_predictive(
+                idata,
+                model=model,
+                extend_inferencedata=True,
+                random_seed=int(seeds[1]),
+                progressbar=False,
+            )
+    return idata
+
+
+def summary_table(idata: xr.DataTree, var_names: Sequence[str]) -> pd.DataFrame:
+    """ArviZ summary (mean, sd, 89 % interval, ESS, r-hat, MCSE), unrounded, one row a parameter."""
+    table = az.summary(idata, var_names=list(var_names), round_to="none")
+    return pd.DataFrame(table).astype(float)
+
+
+def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
+    """Return the convergence numbers a report needs.
+
+    Returns
+    -------
+    dict
+        ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences`` and ``ok`` (r-hat
+        <= 1.01, bulk and tail ESS >= 400, no divergence).
+    """
+    table = summary_table(idata, var_names)
+    stats = idata["sample_stats"]
+    div = int(np.asarray(stats["diverging"]).sum()) if "diverging" in stats else 0
+    out = {
+        "max_r_hat": float(table["r_hat"].max()),
+        "min_ess_bulk": float(table["ess_bulk"].min()),
+        "min_ess_tail": float(table["ess_tail"].min()),
+        "divergences": div,
+    }
+    out["ok"] = bool(
+        out["max_r_hat"] <= 1.01
+        and out["min_ess_bulk"] >= 400
+        and out["min_ess_tail"] >= 400
+        and div == 0
+    )
+    return out
+
+
+def loo_summary(idata: xr.DataTree) -> dict[str, Any]:
+    """PSIS-LOO of a model with one observed variable: elpd, its SE, p_loo and Pareto k."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the k-hat count below reports it
+        loo = az.loo(idata)
+    k = np.asarray(loo.pareto_k)
+    return {
+        "elpd_loo": float(loo.elpd),
+        "se": float(loo.se),
+        "p_loo": float(loo.p),
+        "max_pareto_k": float(np.nanmax(k)),
+        "n_pareto_k_above_0.7": int(np.sum(k > 0.7)),
+        "n_points": int(loo.n_data_points),
+    }
+
+
+def compare_models(idatas: Mapping[str, xr.DataTree]) -> pd.DataFrame:
+    """``az.compare`` over named fits (LOO, stacking weights), as a plain DataFrame."""
+    if len(idatas) < 2:
+        raise ValueError(f"compare_models needs at least two fits, got {len(idatas)}.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        table = az.compare(dict(idatas), round_to="none")
+    return pd.DataFrame(table)
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON-safe float: NaN/inf become ``None``."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return value
+    return f if math.isfinite(f) else None
