@@ -77,7 +77,7 @@ def run(config: NeutrinoRunConfig) -> dict[str, Any]:
         The content of ``report.json``.
     """
     t_start = time.perf_counter()
-    progress = Progress(6 if config.compare else 5, quiet=config.quiet)
+    progress = Progress(5 if config.compare else 4, quiet=config.quiet)
     seeds = np.random.SeedSequence(config.seed).spawn(4)
     binning = HESEBinning()
     names = parameter_names("power_law")
@@ -124,6 +124,7 @@ def run(config: NeutrinoRunConfig) -> dict[str, Any]:
             )
             comparison = compare_models({"power_law": idata, "log_parabola": idata_alt})
             alt_post = posterior_digest(idata_alt, parameter_names("log_parabola"))
+            alt_diag = convergence(idata_alt, parameter_names("log_parabola"))
 
     out = Path(config.out)
     with progress.stage(f"writing results to {out}"):
@@ -155,6 +156,7 @@ def run(config: NeutrinoRunConfig) -> dict[str, Any]:
                 for name, row in comparison.iterrows()
             ]
             report["log_parabola_posterior"] = alt_post
+            report["log_parabola_diagnostics"] = alt_diag
         files = ["idata.nc", "summary.csv", "report.json"]
         markers = {"MLE": mle.params}
         if truth is not None:
@@ -227,6 +229,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"-ln L at the MLE {mle['neg_log_likelihood']:.3f}; elpd_loo "
         f"{report['loo']['elpd_loo']:.2f} +- {report['loo']['se']:.2f}"
     )
+    if "log_parabola_diagnostics" in report:
+        d = report["log_parabola_diagnostics"]
+        lines.append(
+            f"log-parabola: max r-hat {d['max_r_hat']:.3f}, min bulk ESS "
+            f"{d['min_ess_bulk']:.0f}, divergences {d['divergences']}"
+        )
     for row in report.get("loo_compare", []):
         lines.append(
             f"  LOO {row['model']:<13} elpd {row['elpd']:8.2f}  diff {row['elpd_diff']:6.2f} "
