@@ -44,6 +44,7 @@ def sample_posterior(
     var_names: Sequence[str] | None = None,
     posterior_predictive: bool = True,
     progressbar: bool = True,
+    adaptation: str | None = None,
 ) -> xr.DataTree:
     """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
 
@@ -61,6 +62,10 @@ def sample_posterior(
         Also draw the observed variables' posterior predictive.
     progressbar
         Show progress while sampling.
+    adaptation
+        nutpie's mass-matrix adaptation: ``None`` (diagonal) or ``"low_rank"``, which learns
+        strong posterior correlations (such as an intercept defined far from the data's pivot)
+        and can cut the gradient evaluations per draw several-fold.
 
     Returns
     -------
@@ -74,22 +79,20 @@ def sample_posterior(
         raise ValueError(f"tune must be an int >= 0, got {tune!r}.")
     seeds = np.random.default_rng(rng).integers(0, 2**31 - 1, size=2)
     cores = max(1, min(chains, os.cpu_count() or 1))
-    idata = pm.sample(
-        draws=draws,
-        tune=int(tune),
-        chains=chains,
-        cores=cores,
-        random_seed=int(seeds[0]),
-        var_names=list(var_names) if var_names is not None else None,
-        progressbar=progressbar,
-        model=model,
-    )
-    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    with warnings.catch_warnings():
+        # numba declines to disk-cache graphs that embed large data arrays: a recompile, no more.
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+        idata = _sample(
+            model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation
+        )
+        pm.compute_log_likelihood(idata, model=model, progressbar=False)
+
     if posterior_predictive:
         with warnings.catch_warnings():
             # Custom likelihoods draw with numpy; PyTensor's numba backend says it will call
             # that Python code ("object mode"), which is what we want, so keep the log clean.
             warnings.filterwarnings("ignore", message="Numba will use object mode")
+            warnings.filterwarnings("ignore", message="Cannot cache compiled function")
             pm.sample_posterior_predictive(
                 idata,
                 model=model,
@@ -98,6 +101,20 @@ def sample_posterior(
                 progressbar=False,
             )
     return idata
+
+
+def _sample(model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation):
+    return pm.sample(
+        draws=draws,
+        tune=int(tune),
+        chains=chains,
+        cores=cores,
+        random_seed=int(seeds[0]),
+        var_names=list(var_names) if var_names is not None else None,
+        progressbar=progressbar,
+        model=model,
+        **({"nuts": {"adaptation": adaptation}} if adaptation else {}),
+    )
 
 
 def summary_table(idata: xr.DataTree, var_names: Sequence[str]) -> pd.DataFrame:
