@@ -75,6 +75,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     nu.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
 
+    ml = run_sub.add_parser(
+        "mass-luminosity",
+        help="halo mass-luminosity relation (simulated lightcone by default, or --data CSV)",
+    )
+    ml.add_argument("--data", type=_existing_file, help="catalogue CSV with columns z, lum_obs")
+    ml.add_argument("--out", type=Path, default=Path("results/mass_luminosity"))
+    ml.add_argument(
+        "--halos",
+        type=_positive_int,
+        default=20_000,
+        help="halos to simulate (default 20,000; the original had 115,919)",
+    )
+    ml.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=100,
+        help="importance samples (or quadrature nodes) per halo",
+    )
+    ml.add_argument("--method", choices=("importance", "quadrature"), default="importance")
+    ml.add_argument("--priors", choices=("weak", "original"), default="weak")
+    ml.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
+    ml.add_argument("--tune", type=_nonnegative_int, default=1000, help="tuning steps per chain")
+    ml.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
+    ml.add_argument("--seed", type=int, default=20260, help="seed of everything random")
+    ml.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
+
     demo = sub.add_parser("demo", help="every implemented use case at small size (minutes)")
     demo.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     demo.add_argument("--seed", type=int, default=20260)
@@ -113,6 +139,26 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             return 0 if report["diagnostics"]["ok"] else 1
+        if args.command == "run" and args.use_case == "mass-luminosity":
+            from models.runs.mass_luminosity import MassLuminosityRunConfig
+            from models.runs.mass_luminosity import run as run_ml
+
+            report = run_ml(
+                MassLuminosityRunConfig(
+                    out=args.out,
+                    data=args.data,
+                    halos=args.halos,
+                    samples=args.samples,
+                    method=args.method,
+                    priors=args.priors,
+                    draws=args.draws,
+                    tune=args.tune,
+                    chains=args.chains,
+                    seed=args.seed,
+                    quiet=args.quiet,
+                )
+            )
+            return 0 if report["diagnostics"]["ok"] else 1
         if args.command == "demo":
             return _demo(args.out, args.seed)
         if args.command == "bench" and args.use_case == "neutrino":
@@ -136,6 +182,12 @@ def _demo(out: Path, seed: int) -> int:
     print("astroweights demo: neutrino diffuse fit (100,000 simulated events)", flush=True)
     report = run(NeutrinoRunConfig(out=out / "neutrino", n_sim=100_000, seed=seed))
     ok = report["diagnostics"]["ok"]
+    from models.runs.mass_luminosity import MassLuminosityRunConfig
+    from models.runs.mass_luminosity import run as run_ml
+
+    print("\nastroweights demo: halo mass-luminosity relation (2,000 halos)", flush=True)
+    report = run_ml(MassLuminosityRunConfig(out=out / "mass_luminosity", halos=2_000, seed=seed))
+    ok = ok and report["diagnostics"]["ok"]
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)
     if not ok:
         print("demo: convergence check failed (see report.json)", file=sys.stderr)

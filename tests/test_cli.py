@@ -147,3 +147,66 @@ def test_simulated_run_is_reproducible_from_its_seed(tmp_path):
     assert reports[0]["truth"] == {"atmo_norm": 1.0, "astro_norm": 6.7, "astro_gamma": 3.0}
     assert reports[0]["posterior"] == reports[1]["posterior"]
     assert reports[0]["mle"] == reports[1]["mle"]
+
+
+def test_mass_luminosity_bad_catalogue_is_refused(tmp_path, capsys):
+    (tmp_path / "cat.csv").write_text("z,lum_obs\n0.5,1e10\n4.2,2e10\n")
+    code = main(
+        [
+            "run",
+            "mass-luminosity",
+            "--data",
+            str(tmp_path / "cat.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "z of halo 1 is 4.2, outside" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_mass_luminosity_run_from_a_catalogue_file(tmp_path):
+    from data_tools.halos import simulate_lightcone
+
+    logging.getLogger("pymc").setLevel(logging.ERROR)
+    cat = simulate_lightcone(1_000, rng=21)
+    cat[["z", "lum_obs"]].to_dataframe().to_csv(tmp_path / "cat.csv", index=False)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "run",
+            "mass-luminosity",
+            "--data",
+            str(tmp_path / "cat.csv"),
+            "--out",
+            str(out),
+            "--draws",
+            "500",
+            "--tune",
+            "500",
+            "--quiet",
+        ]
+    )
+    assert code in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert {
+        "idata.nc",
+        "summary.csv",
+        "report.json",
+        "trace.png",
+        "pair.png",
+        "khat.png",
+        "importance_diagnostics.csv",
+    } <= {p.name for p in out.iterdir()}
+    assert report["truth"] is None and report["data"]["n_halos"] == 1000
+    assert report["diagnostics"]["max_r_hat"] <= 1.01
+    assert report["importance"]["frac_khat_above"] < 0.02
+    for name, truth in cat.attrs.items():
+        if name in report["posterior"]:
+            p = report["posterior"][name]
+            assert abs(p["mean"] - truth) < 3 * p["sd"], name
+    summary = pd.read_csv(out / "summary.csv", index_col="parameter")
+    assert list(summary.index) == ["alpha1", "alpha2", "alpha4", "S"]
