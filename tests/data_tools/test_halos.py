@@ -245,3 +245,33 @@ def test_weights_reject_bad_sizes(catalogue):
 def test_custom_mass_prior_tables():
     p = MassPrior.from_colossus(n_z=11, n_m=64, model="angulo12")
     assert p.log_density.shape == (11, 64)
+
+
+def test_adaptive_quadrature_matches_a_fine_global_grid(prior, proposal, catalogue):
+    from data_tools.halos import adaptive_quadrature_nodes
+
+    z, lum = catalogue.z.values[:1000], catalogue.lum_obs.values[:1000]
+    fine = quadrature_nodes(z, n_nodes=1601)
+    x, lw = adaptive_quadrature_nodes(z, lum, proposal=proposal)
+    assert x.shape == lw.shape == (1000, 33)
+    for theta in (HYPER_SEED, {**HYPER_SEED, "alpha1": 10.95}, {**HYPER_SEED, "alpha2": 0.33}):
+        s = np.hypot(theta["S"], SIGMA_OBS)
+
+        def estimate(nodes, weights, theta=theta, s=s):
+            mean = ln_mean_luminosity(
+                np.asarray(nodes, float),
+                z[:, None],
+                theta["alpha1"],
+                theta["alpha2"],
+                theta["alpha4"],
+            )
+            terms = np.asarray(weights, float) + scipy.stats.norm.logpdf(
+                np.log(lum)[:, None], mean, s
+            )
+            return logsumexp(terms, axis=1)
+
+        err = estimate(x, lw) - estimate(*fine)
+        assert np.abs(err).max() < 2e-3
+        assert abs(err.sum()) < 0.05  # no systematic offset summed over 1,000 halos
+    with pytest.raises(ValueError, match="must be odd"):
+        adaptive_quadrature_nodes(z, lum, n_nodes=32, proposal=proposal)
