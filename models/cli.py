@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     bnu.add_argument("--repeats", type=_positive_int, default=5)
     bnu.add_argument("--skip-nuts", action="store_true", help="time only the likelihood and MLE")
     bnu.add_argument("--seed", type=int, default=1)
+    bml = bench_sub.add_parser("mass-luminosity", help="log L timings vs the original sampler")
+    bml.add_argument("--halos", type=_positive_int, default=115_919)
+    bml.add_argument("--repeats", type=_positive_int, default=3)
+    bml.add_argument("--skip-nuts", action="store_true", help="time only the likelihood")
+    bml.add_argument("--seed", type=int, default=1)
     return parser
 
 
@@ -166,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
 
             bench.main(
                 n_sim=args.n_sim, repeats=args.repeats, nuts=not args.skip_nuts, seed=args.seed
+            )
+            return 0
+        if args.command == "bench" and args.use_case == "mass-luminosity":
+            from models.benchmarks import mass_luminosity as bench_ml
+
+            bench_ml.main(
+                n_halos=args.halos, repeats=args.repeats, nuts=not args.skip_nuts, seed=args.seed
             )
             return 0
     except (ValueError, TypeError) as err:
