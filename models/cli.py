@@ -8,6 +8,7 @@ neutrino`` times our likelihood and fit against the exercise's method in the sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -120,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(cls, args: argparse.Namespace, **extra):
+    """Build a run's config dataclass from the parsed options of the same names."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``astroweights`` command."""
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -128,41 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run" and args.use_case == "neutrino":
             from models.runs.neutrino import NeutrinoRunConfig, run
 
-            report = run(
-                NeutrinoRunConfig(
-                    out=args.out,
-                    data=args.data,
-                    sim=args.sim,
-                    n_sim=args.n_sim,
-                    draws=args.draws,
-                    tune=args.tune,
-                    chains=args.chains,
-                    seed=args.seed,
-                    likelihood=args.likelihood,
-                    compare=not args.no_compare,
-                    quiet=args.quiet,
-                )
-            )
+            report = run(_config(NeutrinoRunConfig, args, compare=not args.no_compare))
             return 0 if report["diagnostics"]["ok"] else 1
         if args.command == "run" and args.use_case == "mass-luminosity":
             from models.runs.mass_luminosity import MassLuminosityRunConfig
             from models.runs.mass_luminosity import run as run_ml
 
-            report = run_ml(
-                MassLuminosityRunConfig(
-                    out=args.out,
-                    data=args.data,
-                    halos=args.halos,
-                    samples=args.samples,
-                    method=args.method,
-                    priors=args.priors,
-                    draws=args.draws,
-                    tune=args.tune,
-                    chains=args.chains,
-                    seed=args.seed,
-                    quiet=args.quiet,
-                )
-            )
+            report = run_ml(_config(MassLuminosityRunConfig, args))
             return 0 if report["diagnostics"]["ok"] else 1
         if args.command == "demo":
             return _demo(args.out, args.seed)

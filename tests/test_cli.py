@@ -184,9 +184,9 @@ def test_mass_luminosity_run_from_a_catalogue_file(tmp_path):
             "--out",
             str(out),
             "--draws",
-            "500",
+            "1000",
             "--tune",
-            "500",
+            "1000",
             "--quiet",
         ]
     )
