@@ -617,7 +617,7 @@ def adaptive_quadrature_nodes(
     z: Any,
     lum_obs: Any,
     *,
-    n_nodes: int = 33,
+    n_nodes: int = 25,
     half_width: float = 4.0,
     proposal: GaussianMixtureProposal | None = None,
     mass_prior: MassPrior | None = None,
@@ -630,9 +630,10 @@ def adaptive_quadrature_nodes(
     mixture proposal's conditional ``q(ln M | ln L_obs, z)`` (fitted over the original
     hyper-prior and inflated, so it covers every plausible hyper-parameter), clipped to the
     mass range. Deterministic: no Monte Carlo noise, hence no noise-induced bias in
-    ``log`` of the integral. At 33 nodes the log-integral is within ~4e-4 of a 1,601-node
-    global grid for every halo, at the hyper-seed and at hyper-parameters several posterior
-    widths away.
+    ``log`` of the integral. At the default 25 nodes the log-integral is within ~3e-3 of a
+    1,601-node global grid for every halo (33 nodes: ~4e-4), at the hyper-seed and at
+    hyper-parameters several posterior widths away; at 115,919 halos the posteriors from 25
+    and 33 nodes agree to 0.01 sd.
 
     Returns
     -------

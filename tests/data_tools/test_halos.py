@@ -253,7 +253,7 @@ def test_adaptive_quadrature_matches_a_fine_global_grid(prior, proposal, catalog
     z, lum = catalogue.z.values[:1000], catalogue.lum_obs.values[:1000]
     fine = quadrature_nodes(z, n_nodes=1601)
     x, lw = adaptive_quadrature_nodes(z, lum, proposal=proposal)
-    assert x.shape == lw.shape == (1000, 33)
+    assert x.shape == lw.shape == (1000, 25)
     for theta in (HYPER_SEED, {**HYPER_SEED, "alpha1": 10.95}, {**HYPER_SEED, "alpha2": 0.33}):
         s = np.hypot(theta["S"], SIGMA_OBS)
 
@@ -271,7 +271,7 @@ def test_adaptive_quadrature_matches_a_fine_global_grid(prior, proposal, catalog
             return logsumexp(terms, axis=1)
 
         err = estimate(x, lw) - estimate(*fine)
-        assert np.abs(err).max() < 2e-3
+        assert np.abs(err).max() < 5e-3
         assert abs(err.sum()) < 0.05  # no systematic offset summed over 1,000 halos
     with pytest.raises(ValueError, match="must be odd"):
         adaptive_quadrature_nodes(z, lum, n_nodes=32, proposal=proposal)
