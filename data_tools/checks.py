@@ -15,6 +15,7 @@ __all__ = [
     "as_counts",
     "as_finite_array",
     "as_index",
+    "as_int",
     "same_length",
 ]
 
@@ -71,6 +72,18 @@ def as_finite_array(
         i = np.unravel_index(_first_bad((arr < 0).ravel()), arr.shape)
         raise ValueError(f"{name} must be >= 0, got {arr[i]} at index {tuple(map(int, i))}.")
     return arr
+
+
+def as_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Return ``value`` as a Python int after checking it is a whole number ``>= minimum``.
+
+    Raises ``TypeError`` for non-integers (bools included) and ``ValueError`` below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
 
 
 def as_counts(name: str, value: Any) -> np.ndarray:

@@ -26,8 +26,10 @@ Masses are in :math:`M_\odot` (the mass function is evaluated at :math:`M h` in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ import xarray as xr
 from scipy.special import logsumexp, ndtri
 from sklearn.mixture import GaussianMixture
 
-from data_tools.checks import as_finite_array, same_length
+from data_tools.checks import as_finite_array, as_int, same_length
 
 __all__ = [
     "ALPHA3",
@@ -87,6 +89,29 @@ _LN_M_MIN, _LN_M_MAX = LOG10_M_MIN * np.log(10), LOG10_M_MAX * np.log(10)
 _LN_ALPHA3 = np.log(ALPHA3)
 _C_KM_S = 299_792.458
 _MIN_SAMPLES_FOR_KHAT = 25
+
+
+def _trapezoid_cdf(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Normalised cumulative trapezoid integral of ``values`` over ``grid`` (last axis)."""
+    steps = 0.5 * (values[..., 1:] + values[..., :-1]) * np.diff(grid)
+    cdf = np.concatenate([np.zeros((*values.shape[:-1], 1)), np.cumsum(steps, axis=-1)], axis=-1)
+    return cdf / cdf[..., -1:]
+
+
+def _quadrature_weights(n_nodes: int, step: Any) -> np.ndarray:
+    """Composite Simpson weights ``h/3 (1, 4, 2, ..., 4, 1)`` for odd ``n_nodes``, else trapezoid.
+
+    ``step`` is the node spacing, a scalar or one per halo; the result broadcasts to
+    ``(..., n_nodes)``.
+    """
+    step = np.asarray(step, dtype=np.float64)[..., None]
+    if n_nodes % 2 == 1:
+        pattern = np.where(np.arange(n_nodes) % 2 == 1, 4.0, 2.0) / 3.0
+        pattern[[0, -1]] = 1.0 / 3.0
+    else:
+        pattern = np.ones(n_nodes)
+        pattern[[0, -1]] = 0.5
+    return step * pattern
 
 
 def ln_mean_luminosity(ln_mass, z, alpha1, alpha2, alpha4):
@@ -211,41 +236,37 @@ class MassPrior:
         rng = np.random.default_rng(rng)
         j, t = self._z_weights(np.atleast_1d(z))
         row = j + (rng.uniform(size=t.size) < t)  # the z-interpolated density is a mixture
-        dens = np.exp(self.log_density)
-        cdf = np.concatenate(
-            [
-                np.zeros((dens.shape[0], 1)),
-                np.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * np.diff(self.ln_m_grid), axis=1),
-            ],
-            axis=1,
-        )
-        cdf /= cdf[:, -1:]
         u = rng.uniform(size=t.size) if u is None else np.asarray(u, dtype=np.float64)
         out = np.empty(t.size)
         for r in np.unique(row):
             sel = row == r
-            out[sel] = np.interp(u[sel], cdf[r], self.ln_m_grid)
+            out[sel] = np.interp(u[sel], self._table_cdf[r], self.ln_m_grid)
         return out
+
+    def quantile(self, levels: Any, z: Any) -> np.ndarray:
+        """``ln M`` at CDF ``levels`` (shape ``(L,)``) of ``p(ln M | z_h)``, shape ``(n, L)``."""
+        j, t = self._z_weights(np.atleast_1d(z))
+        cdf = (1 - t)[:, None] * self._table_cdf[j] + t[:, None] * self._table_cdf[j + 1]
+        levels = np.asarray(levels, dtype=np.float64)
+        return np.stack([np.interp(levels, c, self.ln_m_grid) for c in cdf])
+
+    @cached_property
+    def _table_cdf(self) -> np.ndarray:
+        """Normalised CDF over ``ln_m_grid`` at each redshift node (trapezoid rule)."""
+        return _trapezoid_cdf(np.exp(self.log_density), self.ln_m_grid)
 
     def sample_redshift(self, n: int, *, rng: Any = None) -> np.ndarray:
         """Lightcone redshifts on ``(0, z_max]``: ``dN/dz ~ dV/dz/dOmega * n(z)``."""
         rng = np.random.default_rng(rng)
-        rate = self.dvdz * self.abundance
-        cdf = np.concatenate(
-            [[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.diff(self.z_grid))]
-        )
-        z = np.interp(rng.uniform(size=n), cdf / cdf[-1], self.z_grid)
+        cdf = _trapezoid_cdf(self.dvdz * self.abundance, self.z_grid)
+        z = np.interp(rng.uniform(size=n), cdf, self.z_grid)
         return np.clip(z, 1e-6, self.z_grid[-1])
 
 
-_DEFAULT_PRIOR: list[MassPrior] = []
-
-
+@functools.cache
 def default_mass_prior() -> MassPrior:
     """Return the default :class:`MassPrior` (Watson13 FoF, Millennium), built once."""
-    if not _DEFAULT_PRIOR:
-        _DEFAULT_PRIOR.append(MassPrior.from_colossus())
-    return _DEFAULT_PRIOR[0]
+    return MassPrior.from_colossus()
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,8 +302,7 @@ def simulate_lightcone(
         Over dimension ``halo``: ``z``, ``ln_mass`` (true ln M/M_sun), ``lum`` (true) and
         ``lum_obs``; the truths, ``sigma_obs`` and ``alpha3`` in its attributes.
     """
-    if isinstance(n_halos, bool) or not isinstance(n_halos, int | np.integer) or n_halos < 1:
-        raise ValueError(f"n_halos must be an int >= 1, got {n_halos!r}.")
+    n_halos = as_int("n_halos", n_halos)
     truths = _check_truths(truths)
     if not np.isfinite(sigma_obs) or sigma_obs < 0:
         raise ValueError(f"sigma_obs must be finite and >= 0, got {sigma_obs}.")
@@ -484,12 +504,6 @@ class GaussianMixtureProposal:
         return logsumexp(comp, axis=2)
 
 
-def _check_n(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _finalise(ln_mass: np.ndarray, log_weights: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
     dead = ~np.isfinite(log_weights).any(axis=1)
     if dead.any():
@@ -537,7 +551,7 @@ def importance_samples(
     """
     rng = np.random.default_rng(rng)
     z, lum = check_catalogue(z, lum_obs)
-    n_samples = _check_n("n_samples", n_samples)
+    n_samples = as_int("n_samples", n_samples)
     prior = mass_prior or default_mass_prior()
     proposal = proposal or GaussianMixtureProposal.fit(prior, rng=rng)
     x, log_q = proposal.sample(
@@ -566,7 +580,7 @@ def original_proposal_samples(
     """
     rng = np.random.default_rng(rng)
     z, lum = check_catalogue(z, lum_obs)
-    n_samples = _check_n("n_samples", n_samples)
+    n_samples = as_int("n_samples", n_samples)
     theta = dict(theta or {k: m for k, (m, _) in ORIGINAL_PRIOR.items()})
     prior = mass_prior or default_mass_prior()
     centre = (
@@ -598,18 +612,11 @@ def quadrature_nodes(
         The grid, shared by every halo (it broadcasts against the log-weights).
     log_weights : ndarray, shape (n_halo, n_nodes)
     """
-    n_nodes = _check_n("n_nodes", n_nodes, 2)
+    n_nodes = as_int("n_nodes", n_nodes, minimum=2)
     prior = mass_prior or default_mass_prior()
     z = as_finite_array("z", z)
     grid = np.linspace(*prior.ln_m_range, n_nodes)
-    h = grid[1] - grid[0]
-    if n_nodes % 2 == 1 and n_nodes >= 3:  # composite Simpson: h/3 (1, 4, 2, 4, ..., 4, 1)
-        width = np.where(np.arange(n_nodes) % 2 == 1, 4.0, 2.0) * h / 3.0
-        width[[0, -1]] = h / 3.0
-    else:  # trapezoid
-        width = np.full(n_nodes, h)
-        width[[0, -1]] *= 0.5
-    log_w = prior.logpdf(grid, z) + np.log(width)
+    log_w = prior.logpdf(grid, z) + np.log(_quadrature_weights(n_nodes, grid[1] - grid[0]))
     return _finalise(grid[None, :], log_w, dtype)
 
 
@@ -640,7 +647,7 @@ def adaptive_quadrature_nodes(
     ln_mass, log_weights : ndarray, shape (n_halo, n_nodes)
         Nodes and ``ln p(ln M | z) + ln(Simpson weight)``.
     """
-    n_nodes = _check_n("n_nodes", n_nodes, 3)
+    n_nodes = as_int("n_nodes", n_nodes, minimum=3)
     if n_nodes % 2 == 0:
         raise ValueError(f"n_nodes must be odd for Simpson's rule, got {n_nodes}.")
     if not np.isfinite(half_width) or half_width <= 0:
@@ -657,10 +664,9 @@ def adaptive_quadrature_nodes(
     hi = np.clip(centre + half_width * spread, lo_m, hi_m)
     hi = np.maximum(hi, lo + 1e-6)
     x = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, n_nodes)
-    h = (hi - lo) / (n_nodes - 1)
-    simpson = np.where(np.arange(n_nodes) % 2 == 1, 4.0, 2.0)
-    simpson[[0, -1]] = 1.0
-    log_weights = prior.logpdf(x, z) + np.log(simpson / 3.0) + np.log(h)[:, None]
+    log_weights = prior.logpdf(x, z) + np.log(
+        _quadrature_weights(n_nodes, (hi - lo) / (n_nodes - 1))
+    )
     return _finalise(x, log_weights, dtype)
 
 

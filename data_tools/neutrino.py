@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from data_tools._io import atomic_write_text
+from data_tools.checks import as_finite_array, as_index, as_int, same_length
 
 __all__ = [
     "DATA_COLUMNS",
@@ -41,6 +42,7 @@ __all__ = [
     "read_hese_json",
     "simulate_hese_data",
     "simulate_hese_toy",
+    "with_exposure",
     "write_hese_json",
 ]
 
@@ -317,8 +319,6 @@ class HESEBinning:
         -------
         ndarray of int64, shape ``(n_event,)``
         """
-        from data_tools.checks import as_finite_array, same_length
-
         energy = as_finite_array("energy", energy)
         zenith = as_finite_array("zenith", zenith)
         topology = as_finite_array("topology", topology)
@@ -336,15 +336,11 @@ class HESEBinning:
 
     def counts(self, index: Any) -> np.ndarray:
         """Events per analysis bin from bin indices (``-1`` entries are ignored)."""
-        from data_tools.checks import as_index
-
         index = as_index("index", index, n=self.n_bins)
         return np.bincount(index[index >= 0], minlength=self.n_bins)
 
     def sum_per_bin(self, index: Any, values: Any) -> np.ndarray:
         """Sum of ``values`` per analysis bin (``-1`` entries are ignored)."""
-        from data_tools.checks import as_finite_array, as_index, same_length
-
         index = as_index("index", index, n=self.n_bins)
         values = as_finite_array("values", values)
         same_length(index=index, values=values)
@@ -449,12 +445,8 @@ def simulate_hese_toy(n_events: int, *, rng: Any = None) -> Events:
     dict of str to ndarray
         The :data:`SIM_COLUMNS`, each of shape ``(n_events,)``.
     """
-    if isinstance(n_events, bool) or not isinstance(n_events, int | np.integer):
-        raise TypeError(f"n_events must be an int, got {type(n_events).__name__}.")
-    if n_events <= 0:
-        raise ValueError(f"n_events must be > 0, got {n_events}.")
+    n = as_int("n_events", n_events)
     rng = np.random.default_rng(rng)
-    n = int(n_events)
     e_prim = _sample_power_law(n, INJECTION_INDEX, *_E_INJ, rng)
     zen_prim = np.arccos(rng.uniform(-1.0, 1.0, size=n))
     topology = (rng.uniform(size=n) < _TRACK_FRACTION).astype(np.float64)
@@ -516,6 +508,17 @@ def event_weights(
         atmo_norm * np.asarray(sim["atmoWeight"])
         + astro_norm * np.asarray(sim["astroWeight"]) * spectral
     )
+
+
+def with_exposure(sim: Mapping[str, np.ndarray], factor: float) -> Events:
+    """Return the same simulation for ``factor`` times the live time (both weights scale)."""
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"factor must be a positive number, got {factor}.")
+    return {
+        **sim,
+        "atmoWeight": np.asarray(sim["atmoWeight"]) * factor,
+        "astroWeight": np.asarray(sim["astroWeight"]) * factor,
+    }
 
 
 def simulate_hese_data(

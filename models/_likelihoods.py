@@ -176,14 +176,10 @@ class NormalLogSumExp(Op):
         slope, resid, c, x, logw = inputs
         _, m1, m2 = outputs
         g = output_grads[0]
-        if not isinstance(g.type, DisconnectedType) and any(
-            not isinstance(og.type, DisconnectedType) for og in output_grads[1:]
-        ):
+        if any(not isinstance(og.type, DisconnectedType) for og in output_grads[1:]):
             raise NotImplementedError(
-                "only the log-sum output of NormalLogSumExp is differentiable"
+                "only the log-sum output of NormalLogSumExp is differentiable, not its moments"
             )
-        if isinstance(g.type, DisconnectedType):
-            g = pt.zeros_like(resid)
         d_resid = g * 2.0 * c * (slope * m1 - resid)
         d_slope = pt.sum(g * (-2.0 * c) * (slope * m2 - resid * m1))
         d_c = -pt.sum(g * (slope**2 * m2 - 2.0 * slope * resid * m1 + resid**2))
@@ -201,13 +197,7 @@ normal_logsumexp = NormalLogSumExp()
 
 @register_funcify_default_op_cache_key(NormalLogSumExp)
 def _numba_funcify_normal_lse(op, node=None, **kwargs):
-    kernel = _normal_lse_kernel
-
-    @numba.njit
-    def normal_lse(slope, resid, c, x, logw):
-        return kernel(slope, resid, c, x, logw)
-
-    return normal_lse, 1
+    return _normal_lse_kernel, 1
 
 
 def marginal_normal_logp(

@@ -31,9 +31,9 @@ def register_priors(
     overrides
         Name to a user-supplied ``pm.<Dist>.dist(...)`` replacing the default.
     """
-    overrides = dict(overrides or {})
-    if not isinstance(overrides, dict):
+    if overrides is not None and not isinstance(overrides, Mapping):
         raise TypeError(f"priors must be a dict of name to pm.<Dist>.dist(...), got {overrides!r}.")
+    overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ValueError(

@@ -17,21 +17,16 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from data_tools.checks import as_int
+
 __all__ = [
     "compare_models",
     "convergence",
     "loo_summary",
+    "posterior_digest",
     "sample_posterior",
     "summary_table",
 ]
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}.")
-    return int(value)
 
 
 def sample_posterior(
@@ -73,10 +68,9 @@ def sample_posterior(
         Groups ``posterior``, ``sample_stats``, ``observed_data``, ``log_likelihood`` and
         (optionally) ``posterior_predictive``.
     """
-    draws = _check_positive_int("draws", draws)
-    chains = _check_positive_int("chains", chains)
-    if isinstance(tune, bool) or not isinstance(tune, int | np.integer) or tune < 0:
-        raise ValueError(f"tune must be an int >= 0, got {tune!r}.")
+    draws = as_int("draws", draws)
+    chains = as_int("chains", chains)
+    tune = as_int("tune", tune, minimum=0)
     seeds = np.random.default_rng(rng).integers(0, 2**31 - 1, size=2)
     cores = max(1, min(chains, os.cpu_count() or 1))
     with warnings.catch_warnings():
@@ -115,6 +109,23 @@ def _sample(model, draws, tune, chains, cores, seeds, var_names, progressbar, ad
         model=model,
         **({"nuts": {"adaptation": adaptation}} if adaptation else {}),
     )
+
+
+def posterior_digest(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Mean, sd, median and central 90 % interval per scalar parameter."""
+    post = idata["posterior"]
+    out = {}
+    for name in var_names:
+        draws = np.asarray(post[name]).ravel()
+        q05, q50, q95 = np.quantile(draws, [0.05, 0.5, 0.95])
+        out[name] = {
+            "mean": float(draws.mean()),
+            "sd": float(draws.std(ddof=1)),
+            "median": float(q50),
+            "q05": float(q05),
+            "q95": float(q95),
+        }
+    return out
 
 
 def summary_table(idata: xr.DataTree, var_names: Sequence[str]) -> pd.DataFrame:

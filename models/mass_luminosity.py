@@ -34,6 +34,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 from pytensor.tensor.random.basic import NormalRV
+from scipy.special import ndtr
 
 from data_tools.checks import as_finite_array
 from data_tools.halos import ALPHA3, ORIGINAL_PRIOR, SIGMA_OBS, MassPrior, check_catalogue
@@ -193,17 +194,7 @@ def _inverse_cdf_tables(z: np.ndarray, prior: MassPrior, n_levels: int) -> np.nd
     Tabulating against ``eps`` rather than the CDF level resolves the tails, where the
     brightest halos (those that pin down alpha2) live.
     """
-    from scipy.special import ndtr
-
-    levels = ndtr(np.linspace(-_EPS_MAX, _EPS_MAX, n_levels))
-    grid = prior.ln_m_grid
-    dens = np.exp(prior.logpdf(grid, z))  # (n, n_m)
-    cdf = np.concatenate(
-        [np.zeros((z.size, 1)), np.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * np.diff(grid), 1)],
-        axis=1,
-    )
-    cdf /= cdf[:, -1:]
-    return np.stack([np.interp(levels, c, grid) for c in cdf])
+    return prior.quantile(ndtr(np.linspace(-_EPS_MAX, _EPS_MAX, n_levels)), z)
 
 
 def build_latent_model(

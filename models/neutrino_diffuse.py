@@ -33,11 +33,12 @@ model is built, which is exact and is most of the speed-up over per-bin masks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 import scipy.optimize
 import xarray as xr
@@ -242,7 +243,6 @@ class MaxLikelihood:
     success: bool
     message: str
     n_evaluations: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -278,8 +278,6 @@ def max_likelihood(model: pm.Model, *, start: Mapping[str, float] | None = None)
         raise ValueError(f"start has unknown parameter(s) {sorted(unknown)}; use {names}.")
     loglike = plain.logp(vars=plain.observed_RVs, jacobian=False)
     grad = pt.grad(loglike, values)
-    import pytensor
-
     fn = pytensor.function(values, [-loglike, *(-g for g in grad)])
     point = plain.initial_point()
 

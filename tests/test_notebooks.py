@@ -1,6 +1,5 @@
 """Slow tier: every notebook runs top to bottom at small size (ASTROWEIGHTS_NOTEBOOK_FAST=1)."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -23,15 +22,9 @@ def test_notebook_runs(path, monkeypatch):
     for cell in nb.cells:  # notebooks are stored without outputs
         if cell.cell_type == "code":
             assert not cell.get("outputs"), f"{path.name} is committed with outputs"
+    # execute() raises CellExecutionError on the first failing cell, with its traceback
     NotebookClient(
         nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
     ).execute()
-    errors = [
-        out
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-        if out.get("output_type") == "error"
-    ]
-    assert not errors
-    assert os.environ["ASTROWEIGHTS_NOTEBOOK_FAST"] == "1"
+    ran = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("execution_count") for c in ran), "some code cells did not run"

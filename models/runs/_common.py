@@ -16,7 +16,7 @@ import xarray as xr
 from data_tools._io import atomic_path, atomic_write_text
 from models.inference import finite_or_none, summary_table
 
-__all__ = ["Progress", "posterior_digest", "write_standard_outputs"]
+__all__ = ["Progress", "write_standard_outputs"]
 
 
 class Progress:
@@ -64,23 +64,6 @@ def write_idata(idata: xr.DataTree, path: str | Path) -> None:
     """Write a DataTree as netCDF atomically."""
     with atomic_path(path) as tmp:
         _netcdf_safe(idata).to_netcdf(tmp)
-
-
-def posterior_digest(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Mean, sd, median and central 90 % interval per scalar parameter."""
-    post = idata["posterior"]
-    out = {}
-    for name in var_names:
-        draws = np.asarray(post[name]).ravel()
-        q05, q50, q95 = np.quantile(draws, [0.05, 0.5, 0.95])
-        out[name] = {
-            "mean": float(draws.mean()),
-            "sd": float(draws.std(ddof=1)),
-            "median": float(q50),
-            "q05": float(q05),
-            "q95": float(q95),
-        }
-    return out
 
 
 def write_standard_outputs(

@@ -14,17 +14,17 @@ from data_tools._io import atomic_path
 from data_tools.halos import (
     HYPER_SEED,
     GaussianMixtureProposal,
+    adaptive_quadrature_nodes,
     default_mass_prior,
     importance_diagnostics,
     importance_samples,
-    quadrature_nodes,
     read_catalogue_csv,
     simulate_lightcone,
 )
 from models import plots
-from models.inference import convergence, loo_summary, sample_posterior
+from models.inference import convergence, loo_summary, posterior_digest, sample_posterior
 from models.mass_luminosity import PARAMETERS, build_model
-from models.runs._common import Progress, posterior_digest, write_standard_outputs
+from models.runs._common import Progress, write_standard_outputs
 
 __all__ = ["MassLuminosityRunConfig", "run"]
 
@@ -78,13 +78,15 @@ def run(config: MassLuminosityRunConfig) -> dict[str, Any]:
     diagnostics = None
     with progress.stage(f"computing {config.method} weights"):
         rng = np.random.default_rng(seeds[1])
+        proposal = GaussianMixtureProposal.fit(prior, rng=rng)
         if config.method == "importance":
-            proposal = GaussianMixtureProposal.fit(prior, rng=rng)
             x, lw = importance_samples(
                 z, lum, n_samples=config.samples, proposal=proposal, mass_prior=prior, rng=rng
             )
-        else:
-            x, lw = quadrature_nodes(z, n_nodes=config.samples | 1, mass_prior=prior)
+        else:  # Simpson's rule on each halo's own window needs an odd number of nodes
+            x, lw = adaptive_quadrature_nodes(
+                z, lum, n_nodes=config.samples | 1, proposal=proposal, mass_prior=prior
+            )
 
     with progress.stage(f"sampling {config.chains} chains x {config.draws} draws (NUTS)"):
         model = build_model(z, lum, x, lw, priors=config.priors)

@@ -21,10 +21,11 @@ from models.inference import (
     compare_models,
     convergence,
     loo_summary,
+    posterior_digest,
     sample_posterior,
 )
 from models.neutrino_diffuse import build_model, max_likelihood, parameter_names
-from models.runs._common import Progress, posterior_digest, write_standard_outputs
+from models.runs._common import Progress, write_standard_outputs
 
 __all__ = ["TRUTH", "NeutrinoRunConfig", "run"]
 

@@ -236,15 +236,29 @@ def test_a_halo_with_no_support_is_named(catalogue):
 
 def test_weights_reject_bad_sizes(catalogue):
     z, lum = catalogue.z.values[:5], catalogue.lum_obs.values[:5]
-    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
         importance_samples(z, lum, n_samples=0)
-    with pytest.raises(ValueError, match="n_nodes must be an int >= 2"):
+    with pytest.raises(ValueError, match="n_nodes must be >= 2"):
         quadrature_nodes(z, n_nodes=1)
 
 
-def test_custom_mass_prior_tables():
+def test_custom_mass_prior_tables(prior):
     p = MassPrior.from_colossus(n_z=11, n_m=64, model="angulo12")
     assert p.log_density.shape == (11, 64)
+    np.testing.assert_allclose(np.trapezoid(np.exp(p.log_density), p.ln_m_grid, axis=1), 1.0)
+    # another fitting function: a different, normalised prior on the same mass range
+    diff = p.logpdf(p.ln_m_grid, [2.0]) - prior.logpdf(p.ln_m_grid, [2.0])
+    assert np.abs(diff).max() > 0.01
+
+
+def test_quantile_inverts_the_prior(prior):
+    levels = np.array([0.01, 0.5, 0.99])
+    q = prior.quantile(levels, [0.3, 2.7])
+    for row, z in zip(q, [0.3, 2.7], strict=True):
+        grid = np.linspace(*prior.ln_m_range, 20001)
+        dens = np.exp(prior.logpdf(grid, [z])[0])
+        cdf = scipy.integrate.cumulative_trapezoid(dens, grid, initial=0.0)
+        np.testing.assert_allclose(np.interp(row, grid, cdf / cdf[-1]), levels, atol=2e-3)
 
 
 def test_adaptive_quadrature_matches_a_fine_global_grid(prior, proposal, catalogue):

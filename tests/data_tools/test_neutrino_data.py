@@ -13,6 +13,7 @@ from data_tools.neutrino import (
     read_hese_json,
     simulate_hese_data,
     simulate_hese_toy,
+    with_exposure,
     write_hese_json,
 )
 
@@ -93,7 +94,7 @@ def test_bad_values_name_column_and_row(tmp_path, column, value, match):
     rows = [list(r) for r in SEED_SIM_ROWS]
     rows[1][SEED_SIM_MAPPING[column]] = value
     path = tmp_path / "sim.json"
-    path.write_text(json.dumps({"mapping": SEED_SIM_MAPPING, "events": rows}).replace("NaN", "NaN"))
+    path.write_text(json.dumps({"mapping": SEED_SIM_MAPPING, "events": rows}))
     with pytest.raises(ValueError, match=match):
         read_hese_json(path)
 
@@ -251,7 +252,7 @@ def test_event_weights_formula():
 
 @pytest.mark.parametrize("n", [0, -5])
 def test_simulate_rejects_bad_sizes(n):
-    with pytest.raises(ValueError, match="n_events must be > 0"):
+    with pytest.raises(ValueError, match="n_events must be >= 1"):
         simulate_hese_toy(n)
     with pytest.raises(TypeError, match="n_events must be an int"):
         simulate_hese_toy(10.0)
@@ -266,3 +267,29 @@ def test_model_inputs_bins_both_samples():
     assert inputs["mc_bin"].shape == (5_000,)
     with pytest.raises(ValueError, match=r"sim: missing column\(s\) \['primaryEnergy'\]"):
         model_inputs({k: v for k, v in sim.items() if k != "primaryEnergy"}, data)
+
+
+def test_with_exposure_scales_both_weights():
+    sim = simulate_hese_toy(100, rng=2)
+    longer = with_exposure(sim, 10.0)
+    np.testing.assert_allclose(longer["atmoWeight"], 10 * sim["atmoWeight"])
+    np.testing.assert_allclose(longer["astroWeight"], 10 * sim["astroWeight"])
+    np.testing.assert_array_equal(longer["energy"], sim["energy"])
+    with pytest.raises(ValueError, match="factor must be a positive number"):
+        with_exposure(sim, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, ValueError, "n must be >= 1, got 0"),
+        (2.0, TypeError, "n must be an int"),
+        (True, TypeError, "n must be an int"),
+    ],
+)
+def test_as_int(value, error, match):
+    from data_tools.checks import as_int
+
+    with pytest.raises(error, match=match):
+        as_int("n", value)
+    assert as_int("n", np.int64(3)) == 3

@@ -87,3 +87,14 @@ def test_binned_sum_and_its_gradient(rng):
     w = rng.uniform(size=7)
     grad = pt.grad((out * w).sum(), v).eval({v: values})
     np.testing.assert_allclose(grad, w[idx])
+
+
+def test_gradient_through_the_moment_outputs_is_refused(rng):
+    from models._likelihoods import normal_logsumexp
+
+    slope = pt.dscalar("slope")
+    _, m1, _ = normal_logsumexp(
+        slope, rng.normal(size=3), 2.0, rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    )
+    with pytest.raises(NotImplementedError, match="not its moments"):
+        pt.grad(m1.sum(), slope)

@@ -5,7 +5,13 @@ import logging
 import numpy as np
 import pytest
 
-from data_tools.neutrino import HESEBinning, model_inputs, simulate_hese_data, simulate_hese_toy
+from data_tools.neutrino import (
+    HESEBinning,
+    model_inputs,
+    simulate_hese_data,
+    simulate_hese_toy,
+    with_exposure,
+)
 from models.inference import convergence, sample_posterior
 from models.neutrino_diffuse import build_model
 
@@ -45,15 +51,6 @@ def test_posterior_recovers_the_truth(seed):
         assert abs(z) < 3, f"{name}: posterior mean {draws.mean():.3f}, truth {truth}, z={z:.2f}"
 
 
-def _exposed(sim, factor):
-    """The same simulation for ``factor`` times the live time: all weights scale."""
-    return {
-        **sim,
-        "atmoWeight": sim["atmoWeight"] * factor,
-        "astroWeight": sim["astroWeight"] * factor,
-    }
-
-
 def test_effective_likelihood_covers_the_truth_more_often_with_a_small_simulation():
     """Ten times the exposure (~1000 events) against 1,500 simulated events (~300 in range).
 
@@ -63,12 +60,12 @@ def test_effective_likelihood_covers_the_truth_more_often_with_a_small_simulatio
     fluctuations are really there.
     """
     exposure, n_small, n_rep = 10.0, 1_500, 12
-    big = _exposed(simulate_hese_toy(300_000, rng=999), exposure)
+    big = with_exposure(simulate_hese_toy(300_000, rng=999), exposure)
     # Coarse bins, as one would choose for such a small simulation: 3 energies x 2 zenith bands.
     binning = HESEBinning.from_cos_zenith(np.geomspace(6e4, 1e6, 4), [-1, 0, 1], [0, 2])
     covered = {"poisson": [], "effective": []}
     for rep in range(n_rep):
-        small = _exposed(simulate_hese_toy(n_small, rng=rep), exposure)
+        small = with_exposure(simulate_hese_toy(n_small, rng=rep), exposure)
         data = simulate_hese_data(big, **TRUTH, rng=1_000 + rep)
         inputs = model_inputs(small, data, binning)
         for likelihood, hits in covered.items():
