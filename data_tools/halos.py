@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from scipy.special import logsumexp, ndtri
+from scipy.special import logsumexp, ndtr
 from sklearn.mixture import GaussianMixture
 
 from data_tools.checks import as_finite_array, as_int, same_length
 
 __all__ = [
     "ALPHA3",
+    "DEFAULT_SAMPLES",
     "HYPER_SEED",
     "LOG10_M_MAX",
     "LOG10_M_MIN",
@@ -84,6 +85,10 @@ ORIGINAL_PRIOR = {
 }
 """The original hyper-prior, (mean, sd) of independent normals (S truncated at 0). Its source
 quotes S +- 0.009; the original code's 0.0009 is taken to be a typo."""
+
+DEFAULT_SAMPLES = 32
+"""Importance samples per halo by default: at 115,919 halos, fewer than 0.5% of halos have
+k-hat > 0.7 and the posterior means are within 0.1 sd of quadrature's (stratified draws)."""
 
 _LN_M_MIN, _LN_M_MAX = LOG10_M_MIN * np.log(10), LOG10_M_MAX * np.log(10)
 _LN_ALPHA3 = np.log(ALPHA3)
@@ -448,60 +453,138 @@ class GaussianMixtureProposal:
         z: np.ndarray,
         n_samples: int,
         *,
-        mass_prior: MassPrior,
         defensive: float = 0.1,
+        broad: float = 3.0,
+        support: tuple[float, float] | None = None,
         rng: Any = None,
     ):
-        """``(ln_mass, log_q)``, each ``(n, n_samples)``: a defensive mixture proposal.
+        """``(ln_mass, log_q)``, each ``(n, n_samples)``: a stratified sample of ``q``.
 
-        ``q = (1 - defensive) q_GMM + defensive p(ln M | z)`` (Hesterberg 1995), sampled with
-        fixed counts per part and stratified within each (deterministic-mixture multiple
-        importance sampling): the prior part bounds every weight ``p / q`` by
-        ``1 / defensive``, so no halo can have a heavy weight tail.
+        ``q`` is the conditional mixture plus a defensive component (Hesterberg 1995) of weight
+        ``defensive``: a normal at the mixture's mean, ``broad`` times its standard deviation,
+        whose tails outlast the integrand's, so no halo's weights can have a heavy tail.
+        Levels ``u_k = (k + U_k) / K`` (one uniform per stratum) go through each halo's exact
+        mixture quantile function: the estimate is then a stratified one-dimensional integral
+        of a smooth function, whose variance falls like ``K^-3`` rather than ``K^-1``. That
+        matters because the estimator's noise biases ``log`` of it in the same direction in
+        every halo (at 115,919 halos and K = 100, i.i.d. draws would shift the posterior
+        by ~0.2 sd; stratified by ~0.03 sd). With ``support = (lo, hi)``, ``q`` is truncated
+        to it, so that no draw is wasted outside the prior's mass range and the integrand has
+        no step inside the unit interval.
         """
         rng = np.random.default_rng(rng)
-        log_w, means, sds = self.conditional(ln_obs, z)
+        if not 0.0 <= defensive < 1.0:
+            raise ValueError(f"defensive must be in [0, 1), got {defensive}.")
+        log_w, means, sds = self.mixture(ln_obs, z, defensive=defensive, broad=broad)
         n = means.shape[0]
-        n_def = round(defensive * n_samples) if defensive > 0 else 0
-        n_gmm = n_samples - n_def
-        x_gmm = self._stratified_draws(log_w, means, sds, n_gmm, rng) if n_gmm else np.empty((n, 0))
-        u_def = (np.arange(n_def) + rng.uniform(size=(n, n_def))) / max(n_def, 1)
-        x_def = mass_prior.sample_ln_mass(np.repeat(z, n_def), u=u_def.ravel(), rng=rng)
-        x_def = x_def.reshape(n, n_def)
-        x = np.concatenate([x_gmm, x_def], axis=1)
-        log_q = self.logpdf(x, log_w, means, sds)
-        if n_def:
-            log_q = np.logaddexp(
-                np.log1p(-defensive) + log_q, np.log(defensive) + mass_prior.logpdf(x, z)
-            )
-        return x, log_q
+        w = np.exp(log_w)
+        u = (np.arange(n_samples) + rng.uniform(size=(n, n_samples))) / n_samples
+        log_mass = np.zeros(n)
+        if support is not None:
+            rows = np.arange(n)
+            f_lo, _ = _mixture_cdf_pdf(np.full(n, float(support[0])), rows, w, means, sds)
+            f_hi, _ = _mixture_cdf_pdf(np.full(n, float(support[1])), rows, w, means, sds)
+            if np.any(f_hi - f_lo < 1e-12):
+                i = int(np.flatnonzero(f_hi - f_lo < 1e-12)[0])
+                raise ValueError(
+                    f"halo {i}: the proposal puts no mass inside the mass range {support}; "
+                    "check its z and lum_obs."
+                )
+            u = f_lo[:, None] + u * (f_hi - f_lo)[:, None]
+            log_mass = np.log(f_hi - f_lo)
+        x = _mixture_quantile(u, w, means, sds)
+        if support is not None:
+            x = np.clip(x, *support)
+        return x, self.logpdf(x, log_w, means, sds) - log_mass[:, None]
 
-    @staticmethod
-    def _stratified_draws(log_w, means, sds, n_draw: int, rng: np.random.Generator):
-        """Draw a stratified sample of each row's mixture.
-
-        Components are chosen by stratified uniforms on the cumulative weights, then draws are
-        stratified normal quantiles within each component. For a one-dimensional integrand
-        this cuts the estimator's variance far below that of independent draws, which matters
-        because its noise biases ``log`` of the estimate.
-        """
-        n, n_comp = means.shape
-        u = (np.arange(n_draw) + rng.uniform(size=(n, n_draw))) / n_draw
-        cum = np.cumsum(np.exp(log_w), axis=1)
-        comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(-1), n_comp - 1)  # sorted
-        counts = np.stack([(comp == j).sum(1) for j in range(n_comp)], axis=1)
-        starts = np.cumsum(counts, axis=1) - counts
-        rows = np.arange(n)[:, None]
-        rank = np.arange(n_draw)[None, :] - starts[rows, comp]
-        v = (rank + rng.uniform(size=(n, n_draw))) / counts[rows, comp]
-        return np.take_along_axis(means, comp, 1) + sds[comp] * ndtri(v)
+    def mixture(self, ln_obs: np.ndarray, z: np.ndarray, *, defensive: float = 0.1, broad=3.0):
+        """Per halo: log-weights, means and sds ``(n, J + 1)`` of ``q`` with its defensive part."""
+        log_w, means, sds = self.conditional(ln_obs, z)
+        sds = np.broadcast_to(sds, means.shape)
+        if defensive == 0:
+            return log_w, means, sds
+        centre, spread = _moments(np.exp(log_w), means, sds)
+        return (
+            np.column_stack(
+                [np.log1p(-defensive) + log_w, np.full(centre.shape, np.log(defensive))]
+            ),
+            np.column_stack([means, centre]),
+            np.column_stack([sds, broad * spread]),
+        )
 
     @staticmethod
     def logpdf(x, log_w, means, sds):
-        """``log q(x)`` for ``x`` of shape ``(n, K)``."""
-        zs = (x[:, :, None] - means[:, None, :]) / sds
-        comp = log_w[:, None, :] - 0.5 * zs**2 - np.log(sds) - 0.5 * np.log(2 * np.pi)
+        """``log q(x)`` for ``x`` of shape ``(n, K)``; ``sds`` of shape ``(J,)`` or ``(n, J)``."""
+        sds = np.broadcast_to(sds, means.shape)
+        zs = (x[:, :, None] - means[:, None, :]) / sds[:, None, :]
+        comp = log_w[:, None, :] - 0.5 * zs**2 - np.log(sds)[:, None, :] - 0.5 * np.log(2 * np.pi)
         return logsumexp(comp, axis=2)
+
+
+def _moments(w, means, sds):
+    """Mean and standard deviation of per-row normal mixtures."""
+    centre = (w * means).sum(axis=1)
+    var = (w * (sds**2 + means**2)).sum(axis=1) - centre**2
+    return centre, np.sqrt(np.maximum(var, 1e-12))
+
+
+def _mixture_cdf_pdf(x, rows, w, means, sds, chunk: int = 1 << 19):
+    """CDF and density at flat ``x`` of the mixtures of ``rows``; ``w, means, sds`` ``(n, J)``."""
+    cdf = np.empty_like(x)
+    pdf = np.empty_like(x)
+    norm = w / (sds * np.sqrt(2 * np.pi))
+    for a in range(0, x.size, chunk):
+        b = slice(a, a + chunk)
+        r = rows[b]
+        zs = (x[b, None] - means[r]) / sds[r]
+        cdf[b] = np.einsum("mj,mj->m", ndtr(zs), w[r])
+        pdf[b] = np.einsum("mj,mj->m", np.exp(-0.5 * zs**2), norm[r])
+    return cdf, pdf
+
+
+def _mixture_quantile(u, w, means, sds, *, n_grid: int = 65, tol: float = 1e-11):
+    """Quantiles ``(n, K)`` of per-row normal mixtures at levels ``u`` in ``(0, 1)``.
+
+    A per-row table of the CDF on ``n_grid`` nodes spanning every component to 8.5 sd brackets
+    each level; safeguarded Newton steps (bisection when a step leaves the bracket), on the
+    unconverged levels only, then solve ``F(x) = u`` to ``tol``.
+    """
+    n, k = u.shape
+    sds = np.broadcast_to(sds, means.shape)
+    lo_row = (means - 8.5 * sds).min(axis=1)
+    hi_row = (means + 8.5 * sds).max(axis=1)
+    grid = lo_row[:, None] + (hi_row - lo_row)[:, None] * np.linspace(0.0, 1.0, n_grid)
+    cdf, _ = _mixture_cdf_pdf(grid.ravel(), np.repeat(np.arange(n), n_grid), w, means, sds)
+    cdf = np.maximum.accumulate(cdf.reshape(n, n_grid), axis=1)
+    cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+    # One searchsorted over all rows: offset row r's table and levels by 2r.
+    offset = 2.0 * np.arange(n)[:, None]
+    cell = np.searchsorted((cdf + offset).ravel(), (u + offset).ravel(), side="right") - 1
+    cell = np.clip(cell.reshape(n, k) - n_grid * np.arange(n)[:, None], 0, n_grid - 2)
+    lo = np.take_along_axis(grid, cell, 1).ravel()
+    hi = np.take_along_axis(grid, cell + 1, 1).ravel()
+    c_lo = np.take_along_axis(cdf, cell, 1).ravel()
+    c_hi = np.take_along_axis(cdf, cell + 1, 1).ravel()
+    u = u.ravel()
+    x = lo + (hi - lo) * (u - c_lo) / np.maximum(c_hi - c_lo, 1e-300)
+    rows = np.repeat(np.arange(n), k)
+    active = np.arange(x.size)
+    for _ in range(100):
+        f_x, p_x = _mixture_cdf_pdf(x[active], rows[active], w, means, sds)
+        r = f_x - u[active]
+        keep = np.abs(r) >= tol
+        active, r, p_x = active[keep], r[keep], p_x[keep]
+        if active.size == 0:
+            return x.reshape(n, k)
+        xa = x[active]
+        lo[active] = np.where(r < 0, xa, lo[active])
+        hi[active] = np.where(r > 0, xa, hi[active])
+        step = xa - r / np.maximum(p_x, 1e-300)
+        inside = (step > lo[active]) & (step < hi[active])
+        x[active] = np.where(inside, step, 0.5 * (lo[active] + hi[active]))
+    raise RuntimeError(
+        f"mixture quantiles did not converge for {active.size} levels; please report this."
+    )
 
 
 def _finalise(ln_mass: np.ndarray, log_weights: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -519,7 +602,7 @@ def importance_samples(
     z: Any,
     lum_obs: Any,
     *,
-    n_samples: int = 32,
+    n_samples: int = DEFAULT_SAMPLES,
     proposal: GaussianMixtureProposal | None = None,
     mass_prior: MassPrior | None = None,
     defensive: float = 0.1,
@@ -537,8 +620,10 @@ def importance_samples(
     proposal
         A fitted :class:`GaussianMixtureProposal` (default: fitted here from ``rng``).
     defensive
-        Fraction of samples drawn from the mass prior itself (a defensive mixture), which
-        bounds every importance weight; 0 uses the Gaussian mixture alone.
+        Weight of a broad defensive component in the proposal (three times the mixture's
+        width, at its mean), which keeps every halo's weights light-tailed; 0 uses the
+        Gaussian mixture alone. Samples are stratified through the proposal's inverse CDF
+        (see :meth:`GaussianMixtureProposal.sample`).
     dtype
         Storage type of the returned arrays (float32 halves memory; the model accumulates
         in float64).
@@ -555,7 +640,7 @@ def importance_samples(
     prior = mass_prior or default_mass_prior()
     proposal = proposal or GaussianMixtureProposal.fit(prior, rng=rng)
     x, log_q = proposal.sample(
-        np.log(lum), z, n_samples, mass_prior=prior, defensive=defensive, rng=rng
+        np.log(lum), z, n_samples, defensive=defensive, support=prior.ln_m_range, rng=rng
     )
     log_w = prior.logpdf(x, z) - log_q - np.log(n_samples)
     return _finalise(x, log_w, dtype)
@@ -656,9 +741,7 @@ def adaptive_quadrature_nodes(
     prior = mass_prior or default_mass_prior()
     proposal = proposal or GaussianMixtureProposal.fit(prior, rng=rng)
     log_w, means, sds = proposal.conditional(np.log(lum), z)
-    w = np.exp(log_w)
-    centre = (w * means).sum(axis=1)
-    spread = np.sqrt(np.maximum((w * (sds**2 + means**2)).sum(axis=1) - centre**2, 1e-12))
+    centre, spread = _moments(np.exp(log_w), means, np.broadcast_to(sds, means.shape))
     lo_m, hi_m = prior.ln_m_range
     lo = np.clip(centre - half_width * spread, lo_m, hi_m)
     hi = np.clip(centre + half_width * spread, lo_m, hi_m)

@@ -95,7 +95,11 @@ def effective_random(mu, sigma2, rng: np.random.Generator | None = None, size=No
 # --------------------------------------------------------------------------------------------
 # Importance-sampled (or quadrature) marginal of a normal in a latent variable
 # --------------------------------------------------------------------------------------------
-@numba.njit(cache=True, error_model="numpy")
+# Fast-math without the no-NaN / no-inf assumptions: log-weights of -inf are legitimate.
+_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH)
 def _normal_lse_kernel(slope, resid, c, x, logw):
     """Log-sum-exp per row and the weighted moments E[x], E[x^2] the gradient needs.
 
@@ -128,8 +132,9 @@ def _normal_lse_kernel(slope, resid, c, x, logw):
         acc1 = 0.0
         acc2 = 0.0
         for k in range(k_n):
-            # exp of a non-positive number in single precision: relative error ~1e-7 on each
-            # term of a sum of positive terms, about twice as fast as double precision here.
+            # exp of a non-positive number in single precision (relative error ~1e-7 on each
+            # term of a sum of positive terms): with fast-math reassociation, 1.6x faster than
+            # double precision here. Moments accumulate in double precision.
             e = np.exp(np.float32(buf[k] - top))
             xv = x[xr, k]
             acc += e

@@ -91,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument(
         "--samples",
         type=_positive_int,
-        default=100,
-        help="importance samples (or quadrature nodes) per halo",
+        default=32,
+        help="importance samples (or quadrature nodes) per halo (default 32: the k-hat check)",
     )
     ml.add_argument("--method", choices=("importance", "quadrature"), default="importance")
     ml.add_argument("--priors", choices=("weak", "original"), default="weak")
@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     bml.add_argument("--repeats", type=_positive_int, default=3)
     bml.add_argument("--skip-nuts", action="store_true", help="time only the likelihood")
     bml.add_argument("--seed", type=int, default=1)
+    bml.add_argument(
+        "--samples", type=_positive_int, default=32, help="importance samples per halo (default)"
+    )
     return parser
 
 
@@ -156,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             from models.benchmarks import mass_luminosity as bench_ml
 
             bench_ml.main(
-                n_halos=args.halos, repeats=args.repeats, nuts=not args.skip_nuts, seed=args.seed
+                n_halos=args.halos,
+                repeats=args.repeats,
+                nuts=not args.skip_nuts,
+                seed=args.seed,
+                n_samples=args.samples,
             )
             return 0
     except (ValueError, TypeError) as err:

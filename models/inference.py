@@ -40,6 +40,7 @@ def sample_posterior(
     posterior_predictive: bool = True,
     progressbar: bool = True,
     adaptation: str | None = None,
+    log_likelihood: bool = True,
 ) -> xr.DataTree:
     """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
 
@@ -61,12 +62,15 @@ def sample_posterior(
         nutpie's mass-matrix adaptation: ``None`` (diagonal) or ``"low_rank"``, which learns
         strong posterior correlations (such as an intercept defined far from the data's pivot)
         and can cut the gradient evaluations per draw several-fold.
+    log_likelihood
+        Add the pointwise log-likelihood (needed for LOO; at 10^5 observations x 2,000 draws
+        it is a large array, which benchmarks and calibration runs can skip).
 
     Returns
     -------
     xarray.DataTree
-        Groups ``posterior``, ``sample_stats``, ``observed_data``, ``log_likelihood`` and
-        (optionally) ``posterior_predictive``.
+        Groups ``posterior``, ``sample_stats``, ``observed_data`` and (optionally)
+        ``log_likelihood`` and ``posterior_predictive``.
     """
     draws = as_int("draws", draws)
     chains = as_int("chains", chains)
@@ -79,7 +83,8 @@ def sample_posterior(
         idata = _sample(
             model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation
         )
-        pm.compute_log_likelihood(idata, model=model, progressbar=False)
+        if log_likelihood:
+            pm.compute_log_likelihood(idata, model=model, progressbar=False)
 
     if posterior_predictive:
         with warnings.catch_warnings():

@@ -12,6 +12,7 @@ import numpy as np
 
 from data_tools._io import atomic_path
 from data_tools.halos import (
+    DEFAULT_SAMPLES,
     HYPER_SEED,
     GaussianMixtureProposal,
     adaptive_quadrature_nodes,
@@ -36,7 +37,7 @@ class MassLuminosityRunConfig:
     out: Path = Path("results/mass_luminosity")
     data: Path | None = None
     halos: int = 20_000
-    samples: int = 100
+    samples: int = DEFAULT_SAMPLES
     method: str = "importance"
     priors: str = "weak"
     draws: int = 1000
