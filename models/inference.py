@@ -41,6 +41,7 @@ def sample_posterior(
     progressbar: bool = True,
     adaptation: str | None = None,
     log_likelihood: bool = True,
+    cores: int | None = None,
 ) -> xr.DataTree:
     """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
 
@@ -65,6 +66,9 @@ def sample_posterior(
     log_likelihood
         Add the pointwise log-likelihood (needed for LOO; at 10^5 observations x 2,000 draws
         it is a large array, which benchmarks and calibration runs can skip).
+    cores
+        Chains run in parallel on this many cores (default: one per chain, up to the CPU
+        count); calibration workers use 1.
 
     Returns
     -------
@@ -76,7 +80,9 @@ def sample_posterior(
     chains = as_int("chains", chains)
     tune = as_int("tune", tune, minimum=0)
     seeds = np.random.default_rng(rng).integers(0, 2**31 - 1, size=2)
-    cores = max(1, min(chains, os.cpu_count() or 1))
+    if cores is None:
+        cores = max(1, min(chains, os.cpu_count() or 1))
+    cores = as_int("cores", cores)
     with warnings.catch_warnings():
         # numba declines to disk-cache graphs that embed large data arrays: a recompile, no more.
         warnings.filterwarnings("ignore", message="Cannot cache compiled function")

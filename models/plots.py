@@ -25,7 +25,9 @@ __all__ = [
     "save_figure",
     "save_loo_pit",
     "save_pair",
+    "save_sbc",
     "save_trace",
+    "sbc_figure",
 ]
 
 _MARKERS = ("*", "X", "P", "D")
@@ -176,3 +178,55 @@ def binned_ppc_figure(
     fig.suptitle(f"posterior-predictive counts by {group_name}")
     fig.tight_layout()
     return fig
+
+
+def sbc_figure(summary: xr.Dataset, *, band_prob: float = 0.95) -> plt.Figure:
+    """Rank histograms and PIT-ECDF differences with simultaneous bands, one column a parameter.
+
+    Top row: the rank histogram with the central ``band_prob`` range of each bin's count under
+    uniformity (binomial). Bottom row: ECDF of the PIT values minus the uniform CDF, inside the
+    simultaneous ``band_prob`` band of arviz-stats (Säilynoja et al. 2022); points outside are
+    red. ``summary`` is :func:`models.calibration.summarise`'s output.
+    """
+    from arviz_stats.ecdf_utils import ecdf_pit
+    from scipy.stats import binom
+
+    params = [str(p) for p in summary["parameter"].values]
+    n_ok = summary.attrs["n_ok"]
+    n_rank = summary.attrs["n_rank_draws"]
+    n_bins = min(20, max(5, n_ok // 10))
+    fig, axes = plt.subplots(2, len(params), figsize=(3.2 * len(params), 5.4), squeeze=False)
+    edges = np.linspace(0, n_rank + 1, n_bins + 1)
+    p_bin = np.diff(edges) / (n_rank + 1)
+    lo, hi = binom.ppf([(1 - band_prob) / 2, (1 + band_prob) / 2], n_ok, p_bin[:, None])
+    for j, p in enumerate(params):
+        s = summary.sel(parameter=p)
+        ax = axes[0, j]
+        ax.fill_between(edges[:-1], lo, hi, step="post", color="0.85", label=f"{band_prob:.0%}")
+        ax.hist(s["rank"].values, bins=edges, histtype="step", color="C0", lw=1.5)
+        ax.axhline(n_ok * p_bin.mean(), color="k", lw=0.6, ls="--")
+        verdict = "pass" if bool(s["passed"]) else "FAIL"
+        ax.set_title(f"{p}: {verdict} (p = {float(s['p_uniform']):.2g})", fontsize=9)
+        ax.set_xlabel(f"rank among {n_rank} draws")
+        x, ecdf, band_lo, band_hi = ecdf_pit(s["pit"].values, ci_prob=band_prob, n_simulations=1000)
+        ax = axes[1, j]
+        ax.fill_between(x, band_lo - x, band_hi - x, step="post", color="0.85")
+        ax.step(x, ecdf - x, where="post", color="C0")
+        outside = (ecdf < band_lo) | (ecdf > band_hi)
+        ax.plot(x[outside], (ecdf - x)[outside], ".", color="C3", ms=3)
+        ax.axhline(0.0, color="k", lw=0.6, ls="--")
+        ax.set_xlabel("PIT")
+    axes[0, 0].set_ylabel("replicates per bin")
+    axes[1, 0].set_ylabel("ECDF - uniform")
+    fig.suptitle(
+        f"SBC: {n_ok} replicates ({summary.attrs['n_failed']} failed), "
+        f"simultaneous {band_prob:.0%} bands",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_sbc(summary: xr.Dataset, path: str | os.PathLike[str]) -> None:
+    """Save :func:`sbc_figure` as PNG."""
+    save_figure(sbc_figure(summary), path)
