@@ -198,7 +198,7 @@ def sbc_figure(summary: xr.Dataset, *, band_prob: float = 0.95) -> plt.Figure:
     fig, axes = plt.subplots(2, len(params), figsize=(3.2 * len(params), 5.4), squeeze=False)
     edges = np.linspace(0, n_rank + 1, n_bins + 1)
     p_bin = np.diff(edges) / (n_rank + 1)
-    lo, hi = binom.ppf([(1 - band_prob) / 2, (1 + band_prob) / 2], n_ok, p_bin[:, None])
+    lo, hi = binom.ppf([(1 - band_prob) / 2, (1 + band_prob) / 2], n_ok, p_bin[:, None]).T
     for j, p in enumerate(params):
         s = summary.sel(parameter=p)
         ax = axes[0, j]

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from models import calibration
-from models.calibration import Case, load_records, run_replicate, run_sbc, summarise, verdicts
+from models.calibration import (
+    Case,
+    load_records,
+    run_replicate,
+    run_sbc,
+    summarise,
+    verdicts,
+    write_outputs,
+)
 
 
 @pytest.fixture
@@ -90,6 +98,9 @@ def test_run_on_dask_resumes_and_flags_misspecification(toy):
     np.testing.assert_array_equal(s2["rank"].values, s["rank"].values)
     with pytest.raises(ValueError, match="holds an SBC run with other settings"):
         run_sbc("toy", 60, out=out, seed=6, workers=2, progress=False)
+    files = write_outputs(s, out)
+    assert json.loads((out / "summary.json").read_text())["all_passed"] is True
+    assert (out / "sbc.png").stat().st_size > 10_000 and len(files) == 4
     # the same machinery flags a model fitted with the wrong noise scale
     bad = run_sbc(
         "toy", 60, out=toy / "bad", seed=5, workers=2, progress=False, options={"wrong_sigma": 0.3}
