@@ -202,7 +202,9 @@ def sbc_figure(summary: xr.Dataset, *, band_prob: float = 0.95) -> plt.Figure:
     for j, p in enumerate(params):
         s = summary.sel(parameter=p)
         ax = axes[0, j]
-        ax.fill_between(edges[:-1], lo, hi, step="post", color="0.85", label=f"{band_prob:.0%}")
+        ax.fill_between(
+            edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post", color="0.85"
+        )
         ax.hist(s["rank"].values, bins=edges, histtype="step", color="C0", lw=1.5)
         ax.axhline(n_ok * p_bin.mean(), color="k", lw=0.6, ls="--")
         verdict = "pass" if bool(s["passed"]) else "FAIL"
