@@ -43,6 +43,7 @@ import numpy as np
 import xarray as xr
 
 from data_tools._io import atomic_path, atomic_write_text
+from data_tools.checks import as_int
 
 __all__ = [
     "CASES",
@@ -117,10 +118,15 @@ CASES: dict[str, Case] = {
 """The use cases SBC knows, by command-line name."""
 
 
-def _case(name: str) -> Case:
-    if name not in CASES:
-        raise ValueError(f"unknown use case {name!r}; choose one of {sorted(CASES)}.")
-    return CASES[name]
+def _case(case: str | Case, size: str) -> Case:
+    """Return the :class:`Case` named (or given), with ``size`` checked against it."""
+    if not isinstance(case, Case):
+        if case not in CASES:
+            raise ValueError(f"unknown use case {case!r}; choose one of {sorted(CASES)}.")
+        case = CASES[case]
+    if size not in case.sizes:
+        raise ValueError(f"size must be one of {sorted(case.sizes)} for {case.name}, got {size!r}.")
+    return case
 
 
 def replicate_seed(seed: int, index: int) -> np.random.SeedSequence:
@@ -142,9 +148,8 @@ def run_replicate(
     ``case`` is a key of :data:`CASES` or a :class:`Case`. A fit that raises is recorded with
     ``status = "failed"`` and the error, so that it is counted rather than lost.
     """
-    spec = case if isinstance(case, Case) else _case(case)
-    if size not in spec.sizes:
-        raise ValueError(f"size must be one of {sorted(spec.sizes)} for {case}, got {size!r}.")
+    spec = _case(case, size)
+    n_rank_draws = as_int("n_rank_draws", n_rank_draws)
     t0 = time.perf_counter()
     seq = replicate_seed(seed, index)
     fit_seed, jitter_seed = seq.spawn(2)
@@ -254,11 +259,9 @@ def run_sbc(
     xarray.Dataset
         The summary (see :func:`summarise`).
     """
-    spec = _case(case)
-    if size not in spec.sizes:
-        raise ValueError(f"size must be one of {sorted(spec.sizes)} for {case}, got {size!r}.")
-    if int(replicates) < 1:
-        raise ValueError(f"replicates must be >= 1, got {replicates}.")
+    spec = _case(case, size)
+    replicates = as_int("replicates", replicates)
+    n_rank_draws = as_int("n_rank_draws", n_rank_draws)
     out = Path(out)
     settings = {
         "case": case,
@@ -268,10 +271,10 @@ def run_sbc(
         "n_rank_draws": int(n_rank_draws),
     }
     _check_run_settings(out, settings)
-    todo = [i for i in range(int(replicates)) if not _record_path(out, i).exists()]
+    todo = [i for i in range(replicates) if not _record_path(out, i).exists()]
     if todo:
-        _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, int(replicates))
-    records = load_records(out, range(int(replicates)))
+        _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, replicates)
+    records = load_records(out, range(replicates))
     return summarise(records, spec.parameters, settings)
 
 

@@ -96,6 +96,8 @@ def mass_luminosity_replicate(
 
     if method not in ("quadrature", "importance"):
         raise ValueError(f"method must be 'quadrature' or 'importance', got {method!r}.")
+    if priors not in PRIOR_SETS:
+        raise ValueError(f"priors must be one of {sorted(PRIOR_SETS)}, got {priors!r}.")
     rng = np.random.default_rng(seed)
     truth = _prior_draws(PRIOR_SETS[priors], PARAMETERS, rng)
     cat = simulate_lightcone(ML_HALOS[size], truths=truth, sigma_obs=SIGMA_OBS, rng=rng)
