@@ -41,7 +41,14 @@ from data_tools.halos import ALPHA3, ORIGINAL_PRIOR, SIGMA_OBS, MassPrior, check
 from models._likelihoods import marginal_normal_logp
 from models._priors import register_priors
 
-__all__ = ["PARAMETERS", "PRIOR_SETS", "build_latent_model", "build_model"]
+__all__ = [
+    "PARAMETERS",
+    "PIVOT_MASS",
+    "PRIOR_SETS",
+    "build_latent_model",
+    "build_model",
+    "sampler_point",
+]
 
 PARAMETERS = ["alpha1", "alpha2", "alpha4", "S"]
 
@@ -62,7 +69,23 @@ PRIOR_SETS: dict[str, dict[str, Any]] = {
 """Named prior sets: factories of unnamed distributions keyed by parameter."""
 
 _LN_ALPHA3 = float(np.log(ALPHA3))
-_LN_PIVOT = float(np.log(1e11))
+PIVOT_MASS = 1e11
+"""M_sun: the mass at which the sampler's intercept ``alpha1_at_pivot`` is defined."""
+_LN_PIVOT = float(np.log(PIVOT_MASS))
+
+
+def sampler_point(theta: Mapping[str, float]) -> dict[str, float]:
+    """Return the free parameters for natural ones: ``alpha1`` becomes ``alpha1_at_pivot``.
+
+    ``alpha1_at_pivot = alpha1 - alpha2 ln(alpha3 / 1e11)``. Use it to evaluate or intervene
+    on a model at given hyper-parameters, e.g. ``pm.do(model, sampler_point(HYPER_SEED))``.
+    """
+    missing = sorted(set(PARAMETERS) - set(theta))
+    if missing:
+        raise ValueError(f"theta is missing {missing}; give alpha1, alpha2, alpha4 and S.")
+    point = {k: float(theta[k]) for k in PARAMETERS[1:]}
+    point["alpha1_at_pivot"] = float(theta["alpha1"]) - point["alpha2"] * (_LN_ALPHA3 - _LN_PIVOT)
+    return point
 
 
 def _prior_set(priors: str | Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -72,6 +95,11 @@ def _prior_set(priors: str | Mapping[str, Any]) -> tuple[dict[str, Any], dict[st
                 f"priors must be one of {sorted(PRIOR_SETS)} or a dict, got {priors!r}."
             )
         return PRIOR_SETS[priors], {}
+    if not isinstance(priors, Mapping):
+        raise TypeError(
+            f"priors must be a prior-set name {sorted(PRIOR_SETS)} or a dict of name to "
+            f"pm.<Dist>.dist(...), got {type(priors).__name__}."
+        )
     return PRIOR_SETS["weak"], dict(priors)
 
 
@@ -110,6 +138,50 @@ def _check_nodes(ln_mass: Any, log_weights: Any, n_halo: int) -> tuple[np.ndarra
     return (x - _LN_ALPHA3).astype(dtype), lw.astype(dtype)
 
 
+def _register_parameters(
+    model: pm.Model, defaults: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Register ``alpha2, alpha4, S`` and the intercept, sampled at 10^11 M_sun.
+
+    alpha1 is the log-luminosity at M = alpha3 = 2.35e14 M_sun, above almost every halo in a
+    catalogue, so it is nearly degenerate with alpha2: moving alpha2 tilts the line about the
+    catalogue's typical mass and swings alpha1 with it. NUTS in that ridge needs tiny steps and
+    mis-calibrates (SBC over 100 replicates put 20 alpha2 ranks in the top 10% bin). The
+    sampler moves ``alpha1_at_pivot``, the intercept at 10^11 M_sun, instead. Its conditional
+    prior ``N(m1 - alpha2 D, s1)`` with ``D = ln(alpha3 / 1e11)`` makes the Deterministic
+    ``alpha1 = alpha1_at_pivot + alpha2 D`` exactly ``N(m1, s1)`` and independent of alpha2, so
+    the joint prior is the one asked for; this needs the alpha1 prior to be Normal.
+    """
+    overrides = dict(overrides)
+    unknown = sorted(set(overrides) - set(PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"priors has unknown parameter(s) {unknown}; this model's parameters are {PARAMETERS}."
+        )
+    alpha1_prior = overrides.pop("alpha1", None)
+    if alpha1_prior is None:
+        alpha1_prior = defaults["alpha1"]()
+    if not isinstance(getattr(getattr(alpha1_prior, "owner", None), "op", None), NormalRV):
+        raise ValueError(
+            f"priors['alpha1'] must be pm.Normal.dist(mu, sigma) with constant mu and sigma, got "
+            f"{alpha1_prior!r}: the sampler moves the intercept at 1e11 M_sun, whose conditional "
+            f"prior is only known in closed form for a Normal alpha1."
+        )
+    try:
+        m1, s1 = (float(pt.as_tensor(v).eval()) for v in alpha1_prior.owner.inputs[-2:])
+    except Exception as err:  # a prior whose mu/sigma depend on other variables
+        raise ValueError(
+            "priors['alpha1'] must be pm.Normal.dist(mu, sigma) with constant mu and sigma."
+        ) from err
+    if alpha1_prior.ndim != 0:
+        raise ValueError(f"priors['alpha1'] must be scalar, got ndim={alpha1_prior.ndim}.")
+    p = register_priors(model, PARAMETERS[1:], defaults, overrides)
+    offset = _LN_ALPHA3 - _LN_PIVOT
+    at_pivot = pm.Normal("alpha1_at_pivot", m1 - p["alpha2"] * offset, s1)
+    p["alpha1"] = pm.Deterministic("alpha1", at_pivot + p["alpha2"] * offset)
+    return p
+
+
 def build_model(
     z: Any,
     lum_obs: Any,
@@ -131,15 +203,19 @@ def build_model(
         :func:`data_tools.halos.quadrature_nodes`. float32 inputs stay float32 (half memory).
     priors
         ``"weak"`` (default), ``"original"``, or a dict of ``pm.<Dist>.dist(...)`` replacing
-        weak priors by name.
+        weak priors by name. The prior on ``alpha1`` must be Normal (see below).
     sigma_obs
         Log-normal noise of observed about true luminosity (known).
 
     Returns
     -------
     pymc.Model
-        Free ``alpha1, alpha2, alpha4, S``; observed ``lum_obs`` with dims ``halo`` whose
-        pointwise log-likelihood is each halo's marginal (for LOO).
+        Free ``alpha1_at_pivot, alpha2, alpha4, S``, deterministic ``alpha1``, and observed
+        ``lum_obs`` with dims ``halo`` whose pointwise log-likelihood is each halo's marginal
+        (for LOO). The sampler works with ``alpha1_at_pivot``, the log-luminosity intercept at
+        10^11 M_sun, which is nearly uncorrelated with alpha2; its conditional prior keeps the
+        prior on ``alpha1`` (at alpha3) exactly as specified. Report ``alpha1``; it is in the
+        posterior like the free parameters.
     """
     z, lum = check_catalogue(z, lum_obs)
     x, lw = _check_nodes(ln_mass, log_weights, z.size)
@@ -170,7 +246,7 @@ def build_model(
         return np.exp(mean + sigma * rng.standard_normal(z.size))
 
     with pm.Model(coords={"halo": np.arange(z.size)}) as model:
-        p = register_priors(model, PARAMETERS, defaults, overrides)
+        p = _register_parameters(model, defaults, overrides)
         pm.CustomDist(
             "lum_obs",
             p["alpha1"],
@@ -228,19 +304,8 @@ def build_latent_model(
     defaults, overrides = _prior_set(priors)
     table = pt.as_tensor(_inverse_cdf_tables(z, mass_prior, n_levels))
     rows = np.arange(z.size)
-    alpha1_prior = overrides.get("alpha1", defaults["alpha1"]())
-    if not isinstance(getattr(alpha1_prior.owner, "op", None), NormalRV):
-        raise ValueError("the latent-mass model needs a Normal prior on alpha1 (see below).")
-    m1, s1 = (float(v.eval()) for v in alpha1_prior.owner.inputs[-2:])
     with pm.Model(coords={"halo": rows}) as model:
-        p = register_priors(model, PARAMETERS[1:], defaults, overrides)
-        # alpha1 is the log-luminosity at M = 2.35e14 M_sun, far above the catalogue's masses,
-        # so it is nearly degenerate with alpha2; with thousands of latent masses that funnel
-        # defeats NUTS (r-hat 1.1). The sampler moves the intercept at 1e11 M_sun instead; its
-        # conditional prior N(m1 - alpha2 D, s1) makes alpha1 = that + alpha2 D exactly N(m1, s1).
-        offset = _LN_ALPHA3 - _LN_PIVOT
-        at_pivot = pm.Normal("alpha1_at_pivot", m1 - p["alpha2"] * offset, s1)
-        p["alpha1"] = pm.Deterministic("alpha1", at_pivot + p["alpha2"] * offset)
+        p = _register_parameters(model, defaults, overrides)
         eps = pm.Normal("eps", 0.0, 1.0, dims="halo")
         pos = (pt.clip(eps, -_EPS_MAX, _EPS_MAX) + _EPS_MAX) / (2 * _EPS_MAX) * (n_levels - 1)
         j = pt.clip(pt.floor(pos), 0, n_levels - 2).astype("int64")

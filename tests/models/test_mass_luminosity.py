@@ -17,7 +17,7 @@ from data_tools.halos import (
     simulate_lightcone,
 )
 from models._likelihoods import marginal_normal_logp
-from models.mass_luminosity import build_latent_model, build_model
+from models.mass_luminosity import build_latent_model, build_model, sampler_point
 
 THETA = {"alpha1": 10.72, "alpha2": 0.355, "alpha4": 1.2, "S": 0.16}
 
@@ -28,13 +28,20 @@ def cat():
     return c.z.values, c.lum_obs.values
 
 
+def _sampler_point(theta):
+    """The sampler's parameters for natural ones: the intercept is moved to 1e11 M_sun."""
+    point = {k: v for k, v in theta.items() if k != "alpha1"}
+    point["alpha1_at_pivot"] = theta["alpha1"] - theta["alpha2"] * np.log(2.35e14 / 1e11)
+    return point
+
+
 def _pointwise(model, theta):
     """Per-halo log-likelihood at natural parameter values."""
     plain = remove_value_transforms(model)
     obs = plain.observed_RVs[0]
     logp = plain.logp(vars=[obs], sum=False)[0]
     fn = plain.compile_fn(logp, inputs=plain.value_vars, on_unused_input="ignore")
-    return np.asarray(fn(theta))
+    return np.asarray(fn(_sampler_point(theta)))
 
 
 def _reference(z, lum, x, lw, theta):
@@ -88,7 +95,8 @@ def test_pointwise_log_likelihood_equals_numpy_reference(cat, method):
         x, lw = quadrature_nodes(z, n_nodes=101)
     model = build_model(z, lum, x, lw)
     assert model.named_vars_to_dims["lum_obs"] == ("halo",)
-    assert [v.name for v in model.free_RVs] == ["alpha1", "alpha2", "alpha4", "S"]
+    assert [v.name for v in model.free_RVs] == ["alpha2", "alpha4", "S", "alpha1_at_pivot"]
+    assert "alpha1" in model.named_vars and model["alpha1"] in model.deterministics
     for theta in (THETA, HYPER_SEED, {"alpha1": 10.5, "alpha2": 0.3, "alpha4": 0.9, "S": 0.3}):
         np.testing.assert_allclose(
             _pointwise(model, theta), _reference(z, lum, x, lw, theta), rtol=1e-6, atol=1e-6
@@ -128,6 +136,47 @@ def test_priors(cat):
     assert custom["S"].owner.op.name == "halfnormal"
     with pytest.raises(ValueError, match="priors must be one of"):
         build_model(z, lum, x, lw, priors="flat")
+    with pytest.raises(TypeError, match="priors must be a prior-set name"):
+        build_model(z, lum, x, lw, priors=["weak"])
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['alpha3'\]"):
+        build_model(z, lum, x, lw, priors={"alpha3": pm.Normal.dist(0, 1)})
+    with pytest.raises(ValueError, match=r"priors\['alpha1'\] must be pm.Normal.dist"):
+        build_model(z, lum, x, lw, priors={"alpha1": pm.StudentT.dist(nu=3, mu=10.7, sigma=1.0)})
+
+
+def test_sampler_point_and_intervention(cat):
+    assert sampler_point(THETA) == pytest.approx(_sampler_point(THETA))
+    with pytest.raises(ValueError, match=r"theta is missing \['S'\]"):
+        sampler_point({k: v for k, v in THETA.items() if k != "S"})
+    z, lum = cat
+    x, lw = quadrature_nodes(z, n_nodes=51)
+    fixed = pm.do(build_model(z, lum, x, lw), sampler_point(THETA))
+    assert pm.draw(fixed["alpha1"]) == pytest.approx(THETA["alpha1"])
+    assert float(fixed.compile_logp()({})) == pytest.approx(
+        _reference(z, lum, x, lw, THETA).sum(), rel=1e-8
+    )
+
+
+@pytest.mark.parametrize("build", ["marginal", "latent"])
+def test_intercept_reparameterisation_keeps_the_prior(cat, build):
+    """alpha1 = alpha1_at_pivot + alpha2 D must be exactly the requested N(m1, s1), and
+    independent of alpha2, whichever prior set or override is in force."""
+    z, lum = cat[0][:20], cat[1][:20]
+    x, lw = quadrature_nodes(z, n_nodes=21)
+    for priors, (m1, s1) in [
+        ("weak", (10.7, 1.0)),
+        ("original", (10.709, 0.022)),
+        ({"alpha1": pm.Normal.dist(11.5, 0.3)}, (11.5, 0.3)),
+    ]:
+        if build == "marginal":
+            model = build_model(z, lum, x, lw, priors=priors)
+        else:
+            model = build_latent_model(z, lum, mass_prior=default_mass_prior(), priors=priors)
+        a1, a2 = pm.draw([model["alpha1"], model["alpha2"]], draws=20_000, random_seed=5)
+        assert np.mean(a1) == pytest.approx(m1, abs=4 * s1 / np.sqrt(20_000))
+        assert np.std(a1) == pytest.approx(s1, rel=0.03)
+        assert abs(np.corrcoef(a1, a2)[0, 1]) < 0.03
+        assert scipy.stats.kstest(a1, scipy.stats.norm(m1, s1).cdf).pvalue > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -185,9 +234,7 @@ def test_latent_model_maps_eps_through_the_mass_prior(cat):
     model = build_latent_model(z, lum, mass_prior=prior)
     assert model.named_vars_to_dims["ln_mass"] == ("halo",)
     eps = np.linspace(-2.5, 2.5, 50)
-    # the sampler's intercept is at 1e11 M_sun: alpha1 = alpha1_at_pivot + alpha2 ln(alpha3/1e11)
-    point = {k: v for k, v in THETA.items() if k != "alpha1"}
-    point["alpha1_at_pivot"] = THETA["alpha1"] - THETA["alpha2"] * np.log(2.35e14 / 1e11)
+    point = _sampler_point(THETA)
     point["eps"] = eps
     intervened = pm.do(model, point)
     ln_mass = pm.draw(intervened["ln_mass"])
