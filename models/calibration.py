@@ -114,6 +114,12 @@ CASES: dict[str, Case] = {
         {"small": "HESE toy, 20,000 simulated events", "medium": "HESE toy, 100,000 events"},
         "models.runs.sbc:neutrino_replicate",
     ),
+    "gamma-dm": Case(
+        "gamma-dm",
+        ("signal_fraction", "log10_mass", "cosmic_rays", "local_sources", "diffuse"),
+        {"small": "200 events, 5 h at the GC", "medium": "500 events (the seed's), 5 h at the GC"},
+        "models.runs.sbc:gamma_dm_replicate",
+    ),
 }
 """The use cases SBC knows, by command-line name."""
 

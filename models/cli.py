@@ -3,6 +3,7 @@
 ``astroweights run neutrino [...]`` fits one use case and writes its standard output set;
 ``astroweights demo`` runs every implemented use case at small size; ``astroweights bench
 neutrino`` times our likelihood and fit against the exercise's method in the same run;
+``astroweights run gamma-dm`` runs the seed's DM search;
 ``astroweights sbc mass-luminosity --replicates 100`` runs simulation-based calibration on a
 Dask cluster (local by default) and can be interrupted and resumed.
 """
@@ -117,6 +118,27 @@ def _parser() -> argparse.ArgumentParser:
     ml.add_argument("--seed", type=int, default=20260, help="seed of everything random")
     ml.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
 
+    gd = run_sub.add_parser(
+        "gamma-dm",
+        help="gamma-ray DM search: the seed's 500 events, 5 h at the Galactic Centre",
+        description="Simulate events from DM plus cosmic-ray, local-source and diffuse "
+        "backgrounds through a CTA-South-like response, marginalise the true energy and "
+        "direction, fit the mixture with NUTS and compare with a background-only model by LOO.",
+    )
+    gd.add_argument("--out", type=Path, default=Path("results/gamma_dm"), help="output folder")
+    gd.add_argument("--events", type=_positive_int, default=500, help="measured events")
+    gd.add_argument("--signal-fraction", type=float, default=0.5, help="DM share of the events")
+    gd.add_argument("--mass", type=float, default=1.0, help="DM mass in TeV (0.12-80)")
+    gd.add_argument("--livetime-h", type=float, default=5.0, help="observation time in hours")
+    gd.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
+    gd.add_argument("--tune", type=_nonnegative_int, default=1000, help="tuning steps per chain")
+    gd.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
+    gd.add_argument("--seed", type=int, default=20260, help="seed of everything random")
+    gd.add_argument(
+        "--no-compare", action="store_true", help="skip the background-only fit and LOO"
+    )
+    gd.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
+
     demo = sub.add_parser("demo", help="every implemented use case at small size (minutes)")
     demo.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     demo.add_argument("--seed", type=int, default=20260)
@@ -144,13 +166,14 @@ def _parser() -> argparse.ArgumentParser:
         "run as Dask tasks and are written as they finish, so rerunning the same command "
         "resumes. Writes sbc.nc, ranks.csv, summary.json and sbc.png.",
     )
-    sbc.add_argument("use_case", choices=("mass-luminosity", "neutrino"))
+    sbc.add_argument("use_case", choices=("gamma-dm", "mass-luminosity", "neutrino"))
     sbc.add_argument("--replicates", type=_positive_int, default=100)
     sbc.add_argument(
         "--size",
         choices=("small", "medium"),
         default="small",
-        help="mass-luminosity: 300 or 2,000 halos; neutrino: 20,000 or 100,000 simulated events",
+        help="mass-luminosity: 300 or 2,000 halos; neutrino: 20,000 or 100,000 simulated "
+        "events; gamma-dm: 200 or 500 measured events",
     )
     sbc.add_argument("--out", type=Path, default=None, help="default results/sbc/<use case>-<size>")
     sbc.add_argument("--seed", type=int, default=0, help="replicate i uses SeedSequence(seed, i)")
@@ -197,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             from models.runs.mass_luminosity import run as run_ml
 
             report = run_ml(_config(MassLuminosityRunConfig, args))
+            return 0 if report["diagnostics"]["ok"] else 1
+        if args.command == "run" and args.use_case == "gamma-dm":
+            from models.runs.gamma_dm import GammaRunConfig
+            from models.runs.gamma_dm import run as run_gamma
+
+            report = run_gamma(_config(GammaRunConfig, args, compare=not args.no_compare))
             return 0 if report["diagnostics"]["ok"] else 1
         if args.command == "sbc":
             from models.runs.sbc import run as run_sbc
@@ -253,6 +282,12 @@ def _demo(out: Path, seed: int) -> int:
 
     print("\nastroweights demo: halo mass-luminosity relation (2,000 halos)", flush=True)
     report = run_ml(MassLuminosityRunConfig(out=out / "mass_luminosity", halos=2_000, seed=seed))
+    ok = ok and report["diagnostics"]["ok"]
+    from models.runs.gamma_dm import GammaRunConfig
+    from models.runs.gamma_dm import run as run_gamma
+
+    print("\nastroweights demo: gamma-ray DM search (the seed's 500 events)", flush=True)
+    report = run_gamma(GammaRunConfig(out=out / "gamma_dm", seed=seed))
     ok = ok and report["diagnostics"]["ok"]
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)
     if not ok:

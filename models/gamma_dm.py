@@ -132,15 +132,25 @@ def build_model(
         )
     lo, hi = float(grid[0]), float(grid[-1])  # the mass prior: log-uniform over the table
     components = list(COMPONENTS) if signal else list(BACKGROUNDS)
-    coords = {"bin": tables["bin"].values, "background": list(BACKGROUNDS), "component": components}
+    coords = {
+        "bin": tables["bin"].values,
+        "background": list(BACKGROUNDS),
+        "component": components,
+        "mass_node": grid,
+    }
     with pm.Model(coords=coords) as model:
+        # Data containers: a compiled model can be refitted to new tables of any number of
+        # bins without recompiling (nutpie's ``with_data``), as calibration studies do.
+        counts_data = pm.Data("bin_counts", counts, dims="bin")
+        log_bkg = pm.Data("log_m_background", log_bkg, dims=("bin", "background"))
         split = pm.Dirichlet("background_split", c, dims="background")
         if signal:
             f_dm = pm.Beta("signal_fraction", a[0], a[1])
             log10_mass = pm.Uniform("log10_mass", lo, hi)
             pm.Deterministic("mass", 10.0**log10_mass)
             fractions = pt.concatenate([f_dm[None], (1.0 - f_dm) * split])
-            log_m_dm = interpolate_log_table(tables["log_m_dm"].values, grid, log10_mass)
+            table = pm.Data("log_m_dm", tables["log_m_dm"].values, dims=("mass_node", "bin"))
+            log_m_dm = interpolate_log_table(table, grid, log10_mass)
             terms = pt.concatenate(
                 [
                     (pt.log(f_dm) + log_m_dm)[:, None],
@@ -159,7 +169,7 @@ def build_model(
             logp=lambda value, log_p: value * log_p,
             signature="()->()",
             dtype="int64",
-            observed=counts,
+            observed=counts_data,
             dims="bin",
         )
         if extended:
@@ -171,11 +181,15 @@ def build_model(
                 )
             nominal = float(tables["expected_background"].sum())
             total = pm.LogNormal("expected_events", np.log(nominal), 3.0)
-            pm.Poisson("n_events", total, observed=n_total)
+            pm.Poisson("n_events", total, observed=pm.Data("total_events", n_total))
             if signal:
                 signal_events = pm.Deterministic("signal_events", f_dm * total)
                 log_n_dm = interpolate_log_table(
-                    np.log(tables["expected_dm"].values), grid, log10_mass
+                    pm.Data(
+                        "log_expected_dm", np.log(tables["expected_dm"].values), dims="mass_node"
+                    ),
+                    grid,
+                    log10_mass,
                 )
                 pm.Deterministic(
                     "sigma_v",

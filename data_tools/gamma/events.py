@@ -209,6 +209,7 @@ def simulate_events(
     fractions: dict[str, float] | None = None,
     mass: float = 1.0,
     sigma_v: float | None = None,
+    multinomial: bool = False,
     rng: Any = None,
 ) -> xr.Dataset:
     """Simulate measured events: true events per component, then the response.
@@ -216,6 +217,9 @@ def simulate_events(
     Either give ``n_events`` and ``fractions`` (the seed: 500 events, half dark matter, the
     background 70/20/10% cosmic rays/local/diffuse; counts rounded, not drawn), or
     ``n_events=None`` and ``sigma_v`` (cm^3 s^-1) for Poisson counts from the physical rates.
+    ``multinomial=True`` draws the per-component counts from ``Multinomial(n_events,
+    fractions)``, the sampling distribution the shape-only likelihood assumes (calibration
+    studies need it).
 
     Returns
     -------
@@ -239,7 +243,11 @@ def simulate_events(
         if fractions is None:
             fractions = {"dm": 0.5, "cosmic_rays": 0.35, "local_sources": 0.1, "diffuse": 0.05}
         fractions = _check_fractions(fractions)
-        counts = _split(n_events, fractions)
+        if multinomial:
+            drawn = rng.multinomial(n_events, [fractions[k] for k in COMPONENTS])
+            counts = dict(zip(COMPONENTS, drawn.tolist(), strict=True))
+        else:
+            counts = _split(n_events, fractions)
 
     true, reco, resp = observation.true, observation.reco, observation.response
     parts = []

@@ -29,14 +29,25 @@ from data_tools.halos import (
     simulate_lightcone,
 )
 from models.calibration import CASES, FitResult, run_sbc, verdicts, write_outputs
-from models.inference import convergence, sample_posterior
+from models.inference import convergence, sample_compiled, sample_posterior
 
-__all__ = ["ML_HALOS", "NU_EVENTS", "mass_luminosity_replicate", "neutrino_replicate", "run"]
+__all__ = [
+    "GAMMA_EVENTS",
+    "ML_HALOS",
+    "NU_EVENTS",
+    "gamma_dm_replicate",
+    "mass_luminosity_replicate",
+    "neutrino_replicate",
+    "run",
+]
 
 ML_HALOS = {"small": 300, "medium": 2_000}
 """Halos per simulated catalogue, by size."""
 NU_EVENTS = {"small": 20_000, "medium": 100_000}
 """Simulated (Monte Carlo) events of the HESE toy, by size."""
+GAMMA_EVENTS = {"small": 200, "medium": 500}
+"""Measured events of the gamma-ray DM search (the seed's geometry, 5 h at the GC), by size."""
+GAMMA_PARAMETERS = ("signal_fraction", "log10_mass", "cosmic_rays", "local_sources", "diffuse")
 
 
 def _prior_draws(factories: dict[str, Any], names, rng: np.random.Generator) -> dict[str, float]:
@@ -137,6 +148,93 @@ def neutrino_replicate(
     model = build_model(**model_inputs(sim, data), likelihood=likelihood)
     draws_, diag = _fit(model, names, rng, draws, tune)
     return FitResult(truth, draws_, diag)
+
+
+@functools.cache
+def _gamma_setup(signal_concentration=(1.0, 1.0), background_concentration=(1.0, 1.0, 1.0)):
+    """Return the observation and the compiled model, built once per worker."""
+    import nutpie
+
+    from data_tools.gamma.events import Observation, bin_counts, marginal_tables, simulate_events
+    from models.gamma_dm import build_model
+
+    obs = Observation()
+    template = marginal_tables(obs, bin_counts(simulate_events(obs, rng=0), obs.reco))
+    model = build_model(
+        template,
+        signal_concentration=signal_concentration,
+        background_concentration=background_concentration,
+    )
+    return obs, nutpie.compile_pymc_model(model)
+
+
+def gamma_dm_replicate(
+    seed: np.random.SeedSequence,
+    *,
+    size: str = "small",
+    fit_psf_scale: float = 1.0,
+    draws: int = 500,
+    tune: int = 500,
+) -> FitResult:
+    """One SBC replicate of the gamma-ray DM mixture (the seed's geometry, 5 h at the GC).
+
+    The DM/background node, the background split and the log10 mass are drawn from the
+    model's priors (Beta(1, 1), Dirichlet(1, 1, 1), log-uniform on [0.12, 80] TeV);
+    :data:`GAMMA_EVENTS` ``[size]`` events are split among the components multinomially, as
+    the shape-only likelihood assumes, simulated through the response and fitted with one
+    compiled model per worker. ``fit_psf_scale`` other than 1 fits tables computed with a
+    PSF that many times wider: a deliberately mis-specified instrument.
+    """
+    from dataclasses import replace
+
+    from data_tools.gamma.events import BACKGROUNDS, bin_counts, marginal_tables, simulate_events
+    from data_tools.gamma.instrument import Instrument
+
+    if not (np.isfinite(fit_psf_scale) and fit_psf_scale > 0):
+        raise ValueError(f"fit_psf_scale must be a positive number, got {fit_psf_scale}.")
+    rng = np.random.default_rng(seed)
+    obs, compiled = _gamma_setup()
+    f_dm = float(rng.beta(1.0, 1.0))
+    split = rng.dirichlet(np.ones(3))
+    log10_mass = float(rng.uniform(np.log10(0.12), np.log10(80.0)))
+    truth = {"signal_fraction": f_dm, "log10_mass": log10_mass}
+    truth.update({k: float(v) for k, v in zip(BACKGROUNDS, split, strict=True)})
+    fractions = {"dm": f_dm, **{k: (1 - f_dm) * v for k, v in zip(BACKGROUNDS, split, strict=True)}}
+    events = simulate_events(
+        obs,
+        n_events=GAMMA_EVENTS[size],
+        fractions=fractions,
+        mass=10**log10_mass,
+        multinomial=True,
+        rng=rng,
+    )
+    fit_obs = obs
+    if fit_psf_scale != 1.0:
+        r68 = Instrument().psf_r68_deg
+        wide = Instrument(psf_r68_deg=(r68[0], tuple(fit_psf_scale * v for v in r68[1])))
+        fit_obs = replace(obs, instrument=wide)
+    binned = bin_counts(events, obs.reco)
+    tables = marginal_tables(fit_obs, binned)
+    idata = sample_compiled(
+        compiled,
+        data={
+            "bin_counts": tables["counts"].values,
+            "log_m_background": tables["log_m_background"].values,
+            "log_m_dm": tables["log_m_dm"].values,
+        },
+        draws=draws,
+        tune=tune,
+        rng=rng,
+    )
+    post = idata["posterior"]
+    draws_ = {
+        "signal_fraction": post["signal_fraction"].values,
+        "log10_mass": post["log10_mass"].values,
+    }
+    for k in BACKGROUNDS:
+        draws_[k] = post["background_split"].sel(background=k).values
+    names = ["signal_fraction", "log10_mass", "background_split"]
+    return FitResult(truth, draws_, convergence(idata, names))
 
 
 def run(
