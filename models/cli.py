@@ -135,7 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     gd.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
     gd.add_argument("--seed", type=int, default=20260, help="seed of everything random")
     gd.add_argument(
-        "--no-compare", action="store_true", help="skip the background-only fit and LOO"
+        "--no-compare",
+        action="store_true",
+        help="skip the background-only fit, the LOO comparison and the SMC Bayes factor",
     )
     gd.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
 

@@ -22,6 +22,7 @@ from data_tools.checks import as_int
 __all__ = [
     "compare_models",
     "convergence",
+    "log_evidence",
     "loo_summary",
     "posterior_digest",
     "sample_compiled",
@@ -252,3 +253,57 @@ def finite_or_none(value: Any) -> Any:
     except (TypeError, ValueError):
         return value
     return f if math.isfinite(f) else None
+
+
+def log_evidence(
+    model: pm.Model,
+    *,
+    draws: int = 2000,
+    chains: int = 2,
+    rng: Any = None,
+    progressbar: bool = False,
+) -> dict[str, Any]:
+    """Log marginal likelihood of ``model`` by sequential Monte Carlo (``pm.sample_smc``).
+
+    SMC also samples multimodal posteriors that NUTS chains would split between modes.
+    Each chain is an independent SMC run, so the spread of the per-chain estimates is the
+    estimate's uncertainty.
+
+    Returns
+    -------
+    dict
+        ``log_z`` (mean over chains), ``log_z_chains`` (one per chain), ``log_z_sd``
+        (standard deviation across chains) and ``idata`` (the SMC posterior).
+    """
+    draws, chains = as_int("draws", draws), as_int("chains", chains)
+    if chains < 2:
+        raise ValueError("log_evidence needs chains >= 2 to report its own uncertainty.")
+    seed = int(np.random.default_rng(rng).integers(0, 2**31 - 1))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="We recommend running at least")
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+        idata = pm.sample_smc(
+            draws=draws,
+            chains=chains,
+            cores=1,
+            model=model,
+            random_seed=seed,
+            progressbar=progressbar,
+            compute_convergence_checks=False,
+        )
+    raw = idata["sample_stats"]["log_marginal_likelihood"].values
+    per_chain = []
+    for row in raw.reshape(chains, -1):
+        # stored as objects, one entry per stage with NaN padding: the last finite one counts
+        values = np.concatenate([np.atleast_1d(np.asarray(v, dtype=float)).ravel() for v in row])
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise ValueError("SMC returned no finite log marginal likelihood; check the model.")
+        per_chain.append(float(values[-1]))
+    per_chain = np.array(per_chain)
+    return {
+        "log_z": float(per_chain.mean()),
+        "log_z_chains": per_chain,
+        "log_z_sd": float(per_chain.std(ddof=1)),
+        "idata": idata,
+    }

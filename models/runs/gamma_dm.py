@@ -25,6 +25,7 @@ from models.gamma_dm import build_model
 from models.inference import (
     compare_models,
     convergence,
+    log_evidence,
     loo_summary,
     posterior_digest,
     sample_posterior,
@@ -81,7 +82,7 @@ class GammaRunConfig:
 def run(config: GammaRunConfig) -> dict[str, Any]:
     """Simulate the seed's observation, marginalise, fit with NUTS, compare, write, report."""
     t_start = time.perf_counter()
-    progress = Progress(5 + config.compare, quiet=config.quiet)
+    progress = Progress(5 + 2 * config.compare, quiet=config.quiet)
     seeds = np.random.SeedSequence(config.seed).spawn(3)
 
     with progress.stage("building the response and source templates (5 h at the GC)"):
@@ -106,7 +107,7 @@ def run(config: GammaRunConfig) -> dict[str, Any]:
             progressbar=not config.quiet,
         )
         diag = convergence(idata, ["signal_fraction", "log10_mass", "background_split"])
-    comparison = None
+    comparison = bayes = None
     if config.compare:
         with progress.stage("fitting the background-only model and comparing by LOO"):
             null = sample_posterior(
@@ -119,6 +120,16 @@ def run(config: GammaRunConfig) -> dict[str, Any]:
                 progressbar=False,
             )
             comparison = compare_models({"dm": idata, "background_only": null})
+        with progress.stage("evidence of both models by SMC (Bayes factor)"):
+            z_dm = log_evidence(build_model(tables), rng=seeds[2])
+            z_bkg = log_evidence(build_model(tables, signal=False), rng=seeds[2])
+            bayes = {
+                "ln_evidence_dm": z_dm["log_z"],
+                "ln_evidence_background_only": z_bkg["log_z"],
+                "ln_bayes_factor": z_dm["log_z"] - z_bkg["log_z"],
+                "ln_bayes_factor_sd": float(np.hypot(z_dm["log_z_sd"], z_bkg["log_z_sd"])),
+                "smc_chains": len(z_dm["log_z_chains"]),
+            }
 
     out = Path(config.out)
     with progress.stage(f"writing results to {out}"):
@@ -150,6 +161,7 @@ def run(config: GammaRunConfig) -> dict[str, Any]:
         }
         if comparison is not None:
             report["comparison"] = comparison.reset_index().to_dict(orient="records")
+            report["bayes_factor"] = bayes
         plots.save_trace(idata, TRACE_VARS, out / "trace.png")
         plots.save_pair(
             idata,
@@ -234,5 +246,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"LOO prefers {best['index']} over {other['index']}: elpd difference "
             f"{abs(other['elpd_diff']):.1f} +- {other['dse']:.1f}"
+        )
+        bf = report["bayes_factor"]
+        lines.append(
+            f"ln Bayes factor DM vs background only (SMC evidence): "
+            f"{bf['ln_bayes_factor']:.1f} +- {bf['ln_bayes_factor_sd']:.1f}"
         )
     return "\n".join(lines)
