@@ -130,3 +130,57 @@ def test_extended_model_rates_and_cross_section(seed_config):
 def test_bad_input_names_the_problem(seed_config, change, kwargs, error, match):
     with pytest.raises(error, match=match):
         build_model(change(seed_config[2]), **kwargs)
+
+
+def test_several_observations_share_the_physics(seed_config):
+    """A second pointing with twice the live time: its fractions follow the exposure ratios."""
+    _, _, tables0 = seed_config
+    obs1 = Observation(livetime_h=10.0, pointing=(1.0, 0.5))
+    tables1 = marginal_tables(obs1, bin_counts(simulate_events(obs1, rng=1), obs1.reco))
+    model = build_model([tables0, tables1], extended=True)
+    n0, n1 = tables0.sizes["bin"], tables1.sizes["bin"]
+    assert model.named_vars_to_dims["counts"] == ("bin",) and len(model.coords["bin"]) == n0 + n1
+    assert model.named_vars_to_dims["n_events"] == ("observation",)
+    # numpy reference: shares f_k r_ok / sum_j f_j r_oj with r from the expected counts
+    grid = tables0["log10_mass"].values
+    f = np.array([0.4, *(0.6 * POINT["background_split"])])
+    r = [
+        np.concatenate(
+            [
+                [np.exp(np.interp(0.13, grid, np.log(t["expected_dm"].values)))],
+                t["expected_background"].values,
+            ]
+        )
+        for t in (tables0, tables1)
+    ]
+    f1 = f * r[1] / r[0]
+    f1 /= f1.sum()
+    fixed = pm.do(model, {**POINT, "expected_events": 500.0})
+    shares = pm.draw(fixed["fraction_by_observation"])
+    np.testing.assert_allclose(shares, np.stack([f, f1]), rtol=1e-10)
+    ref = np.concatenate(
+        [
+            _numpy_pointwise(tables0, POINT),
+            _numpy_pointwise(
+                tables1,
+                {
+                    "signal_fraction": f1[0],
+                    "background_split": f1[1:] / f1[1:].sum(),
+                    "log10_mass": 0.13,
+                },
+            ),
+        ]
+    )
+    got = _pointwise(model, {**POINT, "expected_events": 500.0})
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+    # the Poisson totals scale with each observation's expected counts
+    plain = remove_value_transforms(model)
+    lp = plain.compile_logp(vars=[plain["n_events"]])
+    totals = [int(t["counts"].sum()) for t in (tables0, tables1)]
+    scale1 = (f * r[1] / r[0]).sum()
+    expected = scipy.stats.poisson.logpmf(totals, [500.0, 500.0 * scale1]).sum()
+    assert float(lp({**POINT, "expected_events": 500.0})) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="another log10-mass grid"):
+        build_model([tables0, tables0.isel(log10_mass=slice(0, -1))])
+    with pytest.raises(ValueError, match="empty list"):
+        build_model([])
