@@ -161,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
         "--samples", type=_positive_int, default=32, help="importance samples per halo (default)"
     )
 
+    bgd = bench_sub.add_parser(
+        "gamma-dm", help="marginalisation vs the original's per-bin scan; NUTS and SMC timings"
+    )
+    bgd.add_argument("--skip-nuts", action="store_true", help="time only the marginalisation")
+    bgd.add_argument("--seed", type=int, default=1)
     sbc = sub.add_parser(
         "sbc",
         help="simulation-based calibration of a use case on a Dask cluster (resumable)",
@@ -264,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 n_samples=args.samples,
             )
+            return 0
+        if args.command == "bench" and args.use_case == "gamma-dm":
+            from models.benchmarks import gamma_dm as bench_gd
+
+            bench_gd.main(seed=args.seed, nuts=not args.skip_nuts)
             return 0
     except (ValueError, TypeError) as err:
         print(f"astroweights: error: {err}", file=sys.stderr)
