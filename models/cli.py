@@ -173,7 +173,9 @@ def _parser() -> argparse.ArgumentParser:
         "run as Dask tasks and are written as they finish, so rerunning the same command "
         "resumes. Writes sbc.nc, ranks.csv, summary.json and sbc.png.",
     )
-    sbc.add_argument("use_case", choices=("gamma-dm", "mass-luminosity", "neutrino"))
+    from models.calibration import CASES
+
+    sbc.add_argument("use_case", choices=sorted(CASES))
     sbc.add_argument("--replicates", type=_positive_int, default=100)
     sbc.add_argument(
         "--size",
