@@ -57,14 +57,15 @@ MASS_RANGE = (0.12, 80.0)
 """TeV: the DM mass prior's range (the original's absolute bounds)."""
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Observation:
     """One pointing: geometry, live time and instrument, with its response and templates.
 
     The seed's configuration is the default: true bins 30 per decade and 0.1 deg, measured
     bins 20 per decade and 0.2 deg, 0.1-100 TeV, a 6 x 6 deg field, 5 h at the Galactic Centre.
     Heavy pieces (response, J-factor map, folded templates) are computed on first use and
-    kept.
+    kept; the observation is immutable, so they cannot go stale (``dataclasses.replace`` makes
+    a changed copy).
     """
 
     livetime_h: float = 5.0
@@ -82,7 +83,7 @@ class Observation:
             )
         if len(self.pointing) != 2 or not np.all(np.isfinite(self.pointing)):
             raise ValueError(f"pointing must be (lon, lat) in deg, got {self.pointing}.")
-        self.pointing = (float(self.pointing[0]), float(self.pointing[1]))
+        object.__setattr__(self, "pointing", (float(self.pointing[0]), float(self.pointing[1])))
 
     @property
     def livetime_s(self) -> float:
