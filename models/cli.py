@@ -166,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bgd.add_argument("--skip-nuts", action="store_true", help="time only the marginalisation")
     bgd.add_argument("--seed", type=int, default=1)
+    bsbc = bench_sub.add_parser("sbc", help="SBC replicates per minute on 1 and 2 local workers")
+    bsbc.add_argument("--case", default="gamma-dm", help="use case (default gamma-dm)")
+    bsbc.add_argument("--replicates", type=_positive_int, default=60)
+    bsbc.add_argument("--size", choices=("small", "medium"), default="small")
     sbc = sub.add_parser(
         "sbc",
         help="simulation-based calibration of a use case on a Dask cluster (resumable)",
@@ -276,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             from models.benchmarks import gamma_dm as bench_gd
 
             bench_gd.main(seed=args.seed, nuts=not args.skip_nuts)
+            return 0
+        if args.command == "bench" and args.use_case == "sbc":
+            from models.benchmarks import sbc_throughput
+
+            sbc_throughput.main(case=args.case, replicates=args.replicates, size=args.size)
             return 0
     except (ValueError, TypeError) as err:
         print(f"astroweights: error: {err}", file=sys.stderr)
