@@ -116,3 +116,24 @@ def test_extended_model_recovers_the_cross_section_from_physical_rates():
     for name, value in truth.items():
         draws = post[name].values.ravel()
         assert abs(draws.mean() - value) < 2.5 * draws.std(), (name, draws.mean(), draws.std())
+
+
+def test_a_wrong_psf_is_flagged_by_the_command(tmp_path):
+    """Tables computed with a PSF three times too wide: the point sources' share is biased."""
+    code = main(
+        [
+            "sbc",
+            "gamma-dm",
+            "--replicates",
+            "60",
+            "--out",
+            str(tmp_path),
+            "--option",
+            "fit_psf_scale=3",
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert not summary["parameters"]["local_sources"]["passed"]
+    assert summary["parameters"]["local_sources"]["p_uniform"] < 1e-3
