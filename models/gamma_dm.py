@@ -78,6 +78,8 @@ def _check_tables(tables: Any) -> xr.Dataset:
         v = tables[name].values
         if np.isnan(v).any() or np.isposinf(v).any() or (v > 1e-9).any():
             raise ValueError(f"tables[{name!r}] must be log-probabilities (<= 0, no NaN or +inf).")
+    for name in ("expected_background", "expected_dm"):
+        as_finite_array(f"tables[{name!r}]", tables[name].values, positive=True)
     grid = as_finite_array("tables['log10_mass']", tables["log10_mass"].values)
     if grid.size < 2 or not np.allclose(np.diff(grid), grid[1] - grid[0], rtol=1e-6):
         raise ValueError("tables['log10_mass'] must be a regular grid of at least two nodes.")

@@ -123,6 +123,12 @@ def test_extended_model_rates_and_cross_section(seed_config):
             "log-probabilities",
         ),
         (lambda t: t.assign(counts=t["counts"] - 5), {}, ValueError, "negative"),
+        (
+            lambda t: t.assign(expected_dm=t["expected_dm"] * 0),
+            {},
+            ValueError,
+            r"tables\['expected_dm'\] must be > 0",
+        ),
         (lambda t: t, {"signal_concentration": (1, 1, 1)}, ValueError, "needs 2 values"),
         (lambda t: t, {"background_concentration": (1, -1, 1)}, ValueError, "must be > 0"),
     ],
