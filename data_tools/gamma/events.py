@@ -369,7 +369,17 @@ def marginal_tables(
             f"the field. Raise the low end of mass_range or extend the true energy axis."
         )
     log10_mass = np.linspace(lo, hi, n_mass)
+    if not isinstance(binned, xr.Dataset) or "counts" not in binned:
+        raise TypeError("binned must be the xarray.Dataset from bin_counts(events, reco).")
     e, li, bi = (binned[k].values for k in ("energy_idx", "lon_idx", "lat_idx"))
+    for name, idx, n in zip(
+        ("energy", "lon", "lat"), (e, li, bi), observation.reco.shape, strict=True
+    ):
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(
+                f"binned has {name} bin {idx.max()} but the observation's measured geometry has "
+                f"{n}: bin the events with this observation's reco binning."
+            )
     resp = observation.response
 
     def log_norm(values, total):

@@ -213,6 +213,15 @@ def test_simulate_events_bad_input(small, kwargs, error, match):
         simulate_events(small, **kwargs)
 
 
+def test_marginal_tables_refuse_bins_of_another_geometry(small):
+    events = simulate_events(Observation(), n_events=50, rng=1)
+    binned = bin_counts(events, Observation().reco)
+    with pytest.raises(ValueError, match="bin the events with this observation's reco binning"):
+        marginal_tables(small, binned, mass_range=(0.6, 80.0))
+    with pytest.raises(TypeError, match=r"binned must be the xarray\.Dataset"):
+        marginal_tables(small, events["energy_idx"].values, mass_range=(0.6, 80.0))
+
+
 def test_geometry_bad_input():
     with pytest.raises(ValueError, match="strictly increasing"):
         Binning([1, 0.5], [0, 1], [0, 1])
