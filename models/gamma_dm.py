@@ -146,7 +146,11 @@ def build_model(
         ``background_split`` (dims ``background``); deterministic ``fraction`` (dims
         ``component``); observed ``counts`` (dims ``bin``, the measured bins of all
         observations in order). Several observations: deterministic
-        ``fraction_by_observation`` (``observation``, ``component``). Extended: free
+        ``fraction_by_observation`` (``observation``, ``component``). The posterior predictive
+        of ``counts`` is Poisson(N_o m_i) in each *measured* bin: the events the model expects
+        there, which sum to N_o times those bins' share of the probability, not to N_o (the
+        rest falls in bins that happened to stay empty). For a check over the whole measured
+        cube, compare with ``Observation.reco_counts`` (the run's ``counts.png``). Extended: free
         ``expected_events`` (in the first observation), deterministic ``signal_events`` and
         ``sigma_v`` (cm^3 s^-1), observed ``n_events`` (dims ``observation``).
     """
@@ -222,10 +226,19 @@ def build_model(
                 "fraction_by_observation", pt.exp(log_f_obs), dims=("observation", "component")
             )
             terms = log_f_obs[obs_idx] + log_m
+        # Posterior predictive: Poisson(N_o m_i) in each measured bin, N_o its observation's
+        # total (the multinomial's Poisson limit). Only measured bins are in the model, so
+        # these predictions cover only their share of the events.
+        n_per_bin = np.bincount(obs_idx, weights=counts, minlength=n_obs)[obs_idx]
+
+        def random(log_p, rng=None, size=None):
+            return np.random.default_rng(rng).poisson(n_per_bin * np.exp(log_p), size=size)
+
         pm.CustomDist(
             "counts",
             pt.logsumexp(terms, axis=1),
             logp=lambda value, log_p: value * log_p,
+            random=random,
             signature="()->()",
             dtype="int64",
             observed=counts_data,

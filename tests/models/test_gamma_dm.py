@@ -1,5 +1,7 @@
 """The DM mixture model against an independent numpy likelihood at fixed parameters."""
 
+import warnings
+
 import numpy as np
 import pymc as pm
 import pytest
@@ -58,6 +60,16 @@ def test_pointwise_log_likelihood_equals_numpy(seed_config):
         pm.draw(fixed["fraction"]), [0.4, 0.6 * 0.6, 0.6 * 0.3, 0.6 * 0.1], rtol=1e-12
     )
     assert pm.draw(fixed["mass"]) == pytest.approx(10**0.13)
+    # predictive counts: Poisson(N m_i) in each measured bin
+    n = int(tables["counts"].sum())
+    expected = n * np.exp(_numpy_pointwise(tables, POINT) / tables["counts"].values)
+    with warnings.catch_warnings():  # numpy random in a numba graph runs in object mode
+        warnings.filterwarnings("ignore", message="Numba will use object mode")
+        draws = pm.draw(fixed["counts"], draws=400, random_seed=3)
+    assert draws.shape == (400, tables.sizes["bin"])
+    np.testing.assert_allclose(draws.mean(0).sum(), expected.sum(), rtol=0.01)
+    z = (draws.mean(0) - expected) / np.sqrt(expected / 400)
+    assert np.abs(z).max() < 5
     assert np.isfinite(model.point_logps()["counts"])
 
 
