@@ -57,6 +57,7 @@ __all__ = [
     "Response",
     "box_gauss_box",
     "energy_dispersion",
+    "gauss_legendre",
     "psf_matrix",
     "response",
 ]
@@ -230,6 +231,20 @@ class Instrument:
         return np.exp(logy[k] + slope[k] * (x - logx[k])) * self.off_axis(offset_deg)
 
 
+def gauss_legendre(edges: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` Gauss-Legendre nodes in every bin of ``edges`` and their weights.
+
+    Returns
+    -------
+    nodes, weights : ndarray, shape (n_bin, n)
+        ``(f(nodes) * weights).sum(1)`` integrates ``f`` over each bin; the weights of a bin
+        sum to its width.
+    """
+    x, w = np.polynomial.legendre.leggauss(as_int("n", n))
+    lo, hi = np.asarray(edges[:-1], float)[:, None], np.asarray(edges[1:], float)[:, None]
+    return 0.5 * (lo + hi) + 0.5 * (hi - lo) * x, 0.5 * (hi - lo) * w
+
+
 def _antiderivative_ndtr(u: np.ndarray) -> np.ndarray:
     """``G(u) = u Phi(u) + phi(u)``, so that ``G' = Phi``."""
     return u * ndtr(u) + np.exp(-0.5 * u * u) / np.sqrt(2 * np.pi)
@@ -303,13 +318,11 @@ def energy_dispersion(
     ndarray, shape (n_reco_energy, n_true_energy)
     """
     n_sub = as_int("n_sub", n_sub)
-    x, w = np.polynomial.legendre.leggauss(n_sub)
-    lo, hi = np.log(true.energy_edges[:-1]), np.log(true.energy_edges[1:])
-    ln_e = 0.5 * (lo + hi)[:, None] + 0.5 * (hi - lo)[:, None] * x[None, :]  # (n_true, n_sub)
+    ln_e, w = gauss_legendre(np.log(true.energy_edges), n_sub)  # (n_true, n_sub)
     sig = instrument.edisp_sigma(np.exp(ln_e))
     r = np.log(reco.energy_edges)
     cdf = ndtr((r[:, None, None] - ln_e[None]) / sig[None])  # (n_reco + 1, n_true, n_sub)
-    p = np.diff(cdf, axis=0) @ (w / 2)
+    p = (np.diff(cdf, axis=0) * (w / w.sum(axis=1, keepdims=True))).sum(axis=-1)
     return _normalise_columns(p, "energy dispersion", "energy")
 
 

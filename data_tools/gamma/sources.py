@@ -39,7 +39,7 @@ import numpy as np
 from scipy.special import erf
 
 from data_tools.checks import as_finite_array
-from data_tools.gamma.instrument import Binning, Instrument
+from data_tools.gamma.instrument import Binning, Instrument, gauss_legendre
 
 __all__ = [
     "GC_SOURCES",
@@ -90,17 +90,11 @@ class Separable:
 
 
 # ---------------------------------------------------------------------------------- spectra
-def _ln_e_nodes(edges: np.ndarray, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Legendre nodes in ln E per bin and the weights for ``int f dE``."""
-    x, w = np.polynomial.legendre.leggauss(n)
-    lo, hi = np.log(edges[:-1]), np.log(edges[1:])
-    ln_e = 0.5 * (lo + hi)[:, None] + 0.5 * (hi - lo)[:, None] * x
-    return np.exp(ln_e), 0.5 * (hi - lo)[:, None] * w * np.exp(ln_e)
-
-
 def _bin_integral(edges: np.ndarray, dnde) -> np.ndarray:
-    e, w = _ln_e_nodes(edges)
-    return (dnde(e) * w).sum(axis=1)
+    """``int dnde dE`` over each energy bin: 8 Gauss-Legendre nodes in ``ln E``."""
+    ln_e, w = gauss_legendre(np.log(edges), 8)
+    e = np.exp(ln_e)
+    return (dnde(e) * w * e).sum(axis=1)
 
 
 def dm_photon_yield(x_lo: Any, x_hi: Any) -> np.ndarray:
@@ -209,13 +203,11 @@ def j_factor_map(
         return np.exp(np.interp(psi, psi_tab, log_j))
 
     deg2 = np.deg2rad(1.0) ** 2
-    x, w = np.polynomial.legendre.leggauss(n_gauss)
     le, be = binning.lon_edges, binning.lat_edges
     lo_l, hi_l, lo_b, hi_b = le[:-1], le[1:], be[:-1], be[1:]
-    lon_n = 0.5 * (lo_l + hi_l)[:, None] + 0.5 * (hi_l - lo_l)[:, None] * x  # (n_lon, g)
-    lat_n = 0.5 * (lo_b + hi_b)[:, None] + 0.5 * (hi_b - lo_b)[:, None] * x  # (n_lat, g)
-    wl = 0.5 * (hi_l - lo_l)[:, None] * w
-    wb = 0.5 * (hi_b - lo_b)[:, None] * w * np.cos(np.deg2rad(lat_n))
+    lon_n, wl = gauss_legendre(le, n_gauss)  # (n_lon, g)
+    lat_n, wb = gauss_legendre(be, n_gauss)  # (n_lat, g)
+    wb = wb * np.cos(np.deg2rad(lat_n))
     psi = np.hypot(
         lon_n[:, None, :, None] * np.cos(np.deg2rad(lat_n))[None, :, None, :],
         lat_n[None, :, None, :],
@@ -261,10 +253,8 @@ def diffuse(
     """
     spec = _bin_integral(true.energy_edges, lambda e: phi0 * e**-index)
     spec = spec * instrument.effective_area(true.energy) * livetime_s
-    x, w = np.polynomial.legendre.leggauss(8)
-    lo, hi = true.lat_edges[:-1], true.lat_edges[1:]
-    b = 0.5 * (lo + hi)[:, None] + 0.5 * (hi - lo)[:, None] * x
-    profile = (np.exp(-0.5 * (b / lat_width_deg) ** 2) * w).sum(axis=1) / 2
+    b, w = gauss_legendre(true.lat_edges, 8)
+    profile = (np.exp(-0.5 * (b / lat_width_deg) ** 2) * w).sum(axis=1) / np.diff(true.lat_edges)
     spatial = _exposure_map(true, instrument, pointing) * profile[None, :]
     return Separable(spec[None, :], spatial[None])
 

@@ -111,7 +111,7 @@ def run(config: GammaRunConfig) -> dict[str, Any]:
     if config.compare:
         with progress.stage("fitting the background-only model and comparing by LOO"):
             null = sample_posterior(
-                build_model(tables, signal=False),
+                null_model := build_model(tables, signal=False),
                 draws=config.draws,
                 tune=config.tune,
                 chains=config.chains,
@@ -121,8 +121,8 @@ def run(config: GammaRunConfig) -> dict[str, Any]:
             )
             comparison = compare_models({"dm": idata, "background_only": null})
         with progress.stage("evidence of both models by SMC (Bayes factor)"):
-            z_dm = log_evidence(build_model(tables), rng=seeds[2])
-            z_bkg = log_evidence(build_model(tables, signal=False), rng=seeds[2])
+            z_dm = log_evidence(model, rng=seeds[2])
+            z_bkg = log_evidence(null_model, rng=seeds[2])
             bayes = {
                 "ln_evidence_dm": z_dm["log_z"],
                 "ln_evidence_background_only": z_bkg["log_z"],

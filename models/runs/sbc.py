@@ -151,7 +151,7 @@ def neutrino_replicate(
 
 
 @functools.cache
-def _gamma_setup(signal_concentration=(1.0, 1.0), background_concentration=(1.0, 1.0, 1.0)):
+def _gamma_setup():
     """Return the observation and the compiled model, built once per worker."""
     import nutpie
 
@@ -160,12 +160,7 @@ def _gamma_setup(signal_concentration=(1.0, 1.0), background_concentration=(1.0,
 
     obs = Observation()
     template = marginal_tables(obs, bin_counts(simulate_events(obs, rng=0), obs.reco))
-    model = build_model(
-        template,
-        signal_concentration=signal_concentration,
-        background_concentration=background_concentration,
-    )
-    return obs, nutpie.compile_pymc_model(model)
+    return obs, nutpie.compile_pymc_model(build_model(template))
 
 
 def gamma_dm_replicate(
