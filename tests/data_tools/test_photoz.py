@@ -1,0 +1,311 @@
+"""Photo-z data tools against closed forms, scipy quadrature and direct formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+
+from data_tools import photoz as pz
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return pz.simulate_galaxy_catalog(4000, rng=11)
+
+
+@pytest.fixture(scope="module")
+def features(catalog):
+    X = pz.gmm_features(catalog)
+    train = np.isfinite(catalog["z_spec"].to_numpy())
+    return X, X[train]
+
+
+@pytest.fixture(scope="module")
+def mixtures(features):
+    X_pop, X_train = features
+    return pz.fit_mixtures(X_pop, X_train, n_components=4, rng=3)
+
+
+# --- photometry ----------------------------------------------------------------------------
+
+
+def test_distance_modulus_against_quadrature():
+    for z in (0.1, 1.0, 3.0, 6.5):
+        d_c, _ = integrate.quad(lambda x: 1 / np.sqrt(0.3 * (1 + x) ** 3 + 0.7), 0, z)
+        d_l = (1 + z) * 299_792.458 / 70.0 * d_c
+        assert pz._distance_modulus(np.array([z]))[0] == pytest.approx(
+            5 * np.log10(d_l * 1e5), abs=2e-4
+        )
+
+
+def test_band_flux_against_quadrature():
+    """A line-free template's band flux is the photon-weighted mean of f_nu (scipy quad)."""
+    z, a_v, m_abs = 0.8, 0.3, -21.0
+    got = pz.band_fluxes([z], ["elliptical"], [a_v], [m_abs])
+    ref = pz._template_flambda("elliptical", np.array([5000.0]))[0]
+
+    def f_nu(lam):  # relative to f_nu(rest 5000 A), with dust and IGM
+        rest = lam / (1 + z)
+        dust = 10 ** (-0.4 * a_v * ((rest / 5500) ** -0.7 - (5000 / 5500) ** -0.7))
+        igm = pz._igm_transmission(np.array([lam]), np.array([z]))[0]
+        return (
+            pz._template_flambda("elliptical", np.array([rest]))[0]
+            / ref
+            * dust
+            * (rest / 5000) ** 2
+            * igm
+        )
+
+    level = 10 ** (
+        -0.4 * (m_abs + pz._distance_modulus(np.array([z]))[0] - 2.5 * np.log10(1 + z) - 23.9)
+    )
+    for band, (lo, hi) in pz.FILTERS.items():
+        curve = lambda lam, b=band: pz._filter_curve(b, np.array([lam]))[0] / lam  # noqa: E731
+        num = integrate.quad(
+            lambda lam, c=curve: f_nu(lam) * c(lam), lo - 400, hi + 400, limit=200
+        )[0]
+        den = integrate.quad(curve, lo - 400, hi + 400, limit=200)[0]
+        assert got[band][0] == pytest.approx(level * num / den, rel=2e-3), band
+
+
+def test_lyman_break_drops_blue_bands_at_high_redshift():
+    f = pz.band_fluxes([6.0, 1.0], ["starburst"] * 2, [0.0, 0.0], [-21.0, -21.0])
+    assert f["F606W"][0] < 0.02 * f["F160W"][0]  # Lyman limit at 6,380 A, forest above
+    assert f["F606W"][1] > 0.3 * f["F160W"][1]
+
+
+def test_madau_transmission():
+    """tau = 0.0036 (lambda / 1216)^3.46: Lyman alpha alone between 1026 (1+z) and 1216 (1+z)."""
+    z, lam = 3.0, 4500.0  # above Ly-beta at 4,103 A, below Ly-alpha at 4,863 A
+    t = pz._igm_transmission(np.array([lam]), np.array([z]))[0]
+    assert t == pytest.approx(np.exp(-0.0036 * (lam / 1215.67) ** 3.46), rel=1e-12)
+
+
+def test_luptitudes_limits():
+    b = 0.01
+    flux = np.array([100.0, 10.0])  # S/N >> 1
+    mu, err = pz.luptitudes(flux, np.full(2, 0.01), softening=b)
+    np.testing.assert_allclose(mu, 23.9 - 2.5 * np.log10(flux), atol=1e-4)
+    np.testing.assert_allclose(err, 2.5 / np.log(10) * 0.01 / flux, rtol=1e-4)
+    # At zero flux: -2.5/ln10 ln(b) + 23.9; finite for negative fluxes.
+    mu0, _ = pz.luptitudes([0.0, -0.05], [0.01, 0.01], softening=b)
+    assert mu0[0] == pytest.approx(23.9 - 2.5 / np.log(10) * np.log(b))
+    assert np.isfinite(mu0[1]) and mu0[1] > mu0[0]
+
+
+def test_luptitude_error_is_the_propagated_flux_error():
+    f, b, sig = np.array([0.003, 0.02]), 0.01, np.array([0.004, 0.004])
+    _, err = pz.luptitudes(f, sig, softening=b)
+    h = 1e-7
+    slope = pz.luptitudes(f + h, sig, softening=b)[0] - pz.luptitudes(f - h, sig, softening=b)[0]
+    np.testing.assert_allclose(err, np.abs(slope / (2 * h)) * sig, rtol=1e-5)
+
+
+# --- catalogue ------------------------------------------------------------------------------
+
+
+def test_catalog_is_reproducible_and_complete(catalog):
+    again = pz.simulate_galaxy_catalog(4000, rng=11)
+    pd.testing.assert_frame_equal(catalog, again)
+    assert len(catalog) == 4000
+    features = [f"{p}_{b}" for p in ("flux", "fluxerr", "lupt", "lupterr") for b in pz.BANDS]
+    assert np.isfinite(catalog[features].to_numpy()).all()
+    assert (catalog["flux_F160W"] >= 5 * catalog["fluxerr_F160W"]).all()  # detection
+    spec = np.isfinite(catalog["z_spec"])
+    np.testing.assert_array_equal(catalog["z_spec"][spec], catalog["z_true"][spec])
+    assert catalog["z_true"].max() > 4.5 and catalog["z_true"].min() < 0.2
+
+
+def test_spectroscopic_subset_is_brighter_and_at_lower_redshift(catalog):
+    spec = np.isfinite(catalog["z_spec"])
+    assert 0.05 < spec.mean() < 0.4
+    for col in ("lupt_F160W", "z_true"):
+        low, high = catalog[col][spec], catalog[col][~spec]
+        assert np.median(low) < np.median(high) - 0.3, col
+        assert stats.mannwhitneyu(low, high).pvalue < 1e-10
+
+
+def test_noise_matches_the_stated_depths(catalog):
+    sigma = pz.flux_error("F814W")
+    assert sigma == pytest.approx(10 ** (-0.4 * (27.5 - 23.9)) / 5)
+    err = catalog["fluxerr_F814W"].to_numpy()
+    expected = np.hypot(sigma, pz.CALIBRATION_FLOOR * np.abs(catalog["flux_F814W"]))
+    assert np.median(err / expected) == pytest.approx(1.0, abs=0.02)
+
+
+# --- mixtures -------------------------------------------------------------------------------
+
+
+def _mixture_pdf(gm, X):
+    return sum(
+        w * stats.multivariate_normal(m, c).pdf(X)
+        for w, m, c in zip(gm.weights_, gm.means_, gm.covariances_, strict=True)
+    )
+
+
+def test_weights_against_the_formula(features, mixtures):
+    """w = min((p_pop + eta) / (p_train + eta), max_weight), densities on scaled features."""
+    X_pop, X_train = features
+    Xs = (X_train - mixtures.scaler.center_) / mixtures.scaler.scale_
+    p, q = _mixture_pdf(mixtures.population, Xs), _mixture_pdf(mixtures.training, Xs)
+    for cap in (100.0, 3.0):
+        got = pz.gmm_weights(mixtures, X_pop, X_train, eta=1e-3, max_weight=cap)
+        raw = (p + 1e-3) / (q + 1e-3)
+        np.testing.assert_allclose(got.values, np.minimum(raw, cap), rtol=1e-8)
+        assert got.n_capped == int((raw > cap).sum())
+        assert got.ess == pytest.approx(got.values.sum() ** 2 / (got.values**2).sum())
+    assert pz.gmm_weights(mixtures, X_pop, X_train, max_weight=3.0).n_capped > 0
+
+
+def test_weighting_brings_training_features_closer_to_the_population(features, mixtures):
+    X_pop, X_train = features
+    w = pz.gmm_weights(mixtures, X_pop, X_train)
+    assert w.divergence_weighted.sum() < 0.6 * w.divergence_unweighted.sum()
+    # the faint end is up-weighted: weighted mean F160W moves toward the population's
+    assert np.average(X_train[:, 2], weights=w.values) > X_train[:, 2].mean() + 0.3
+
+
+def test_divergence_is_jensen_shannon():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(5000, 1))
+    assert pz.feature_divergence(a, a)[0] == 0.0
+    p = np.histogram(a[:, 0], np.linspace(*np.percentile(a, [0.1, 99.9]), 26))[0]
+    b = a + 1.0
+    got = pz.feature_divergence(a, b)[0]
+    edges = np.linspace(*np.percentile(a, [0.1, 99.9]), 26)
+    q = np.histogram(np.clip(b[:, 0], edges[0], edges[-1]), edges)[0]
+    p = np.histogram(np.clip(a[:, 0], edges[0], edges[-1]), edges)[0]
+    from scipy.spatial.distance import jensenshannon
+
+    assert got == pytest.approx(jensenshannon(p, q, base=2) ** 2, rel=1e-10)
+
+
+def test_divide_against_responsibilities(features, mixtures):
+    _, X_train = features
+    Xs = (X_train - mixtures.scaler.center_) / mixtures.scaler.scale_
+    gm = mixtures.population
+    dens = np.column_stack(
+        [
+            w * stats.multivariate_normal(m, c).pdf(Xs)
+            for w, m, c in zip(gm.weights_, gm.means_, gm.covariances_, strict=True)
+        ]
+    )
+    resp = dens / dens.sum(axis=1, keepdims=True)
+    for threshold in (0.5, 0.2):
+        div = pz.gmm_divide(mixtures, X_train, threshold=threshold)
+        np.testing.assert_allclose(div.responsibility, resp, atol=1e-8)
+        np.testing.assert_array_equal(div.member, resp > threshold)
+    assert pz.gmm_divide(mixtures, X_train, threshold=0.5).member.sum(axis=1).max() == 1
+    assert pz.gmm_divide(mixtures, X_train, threshold=0.2).member.sum(axis=1).max() > 1
+
+
+def test_bic_picks_the_true_number_of_components():
+    rng = np.random.default_rng(1)
+    means = np.array([[0, 0], [6, 0], [0, 6]])
+    X = np.concatenate([rng.normal(m, 1.0, size=(700, 2)) for m in means])
+    mix = pz.fit_mixtures(X, X[::3], n_components="bic", max_components=6, rng=2)
+    assert mix.n_components == 3
+    assert min(mix.bic, key=mix.bic.get) == 3 and len(mix.bic) == 6
+
+
+# --- basis ---------------------------------------------------------------------------------
+
+
+def test_rbf_design_against_direct_formula(features, catalog):
+    _, X_train = features
+    z = catalog["z_spec"].dropna().to_numpy()
+    basis = pz.rbf_basis(X_train, z, 12, rng=0)
+    assert basis.centers.shape == basis.length_scales.shape == (12, 3)
+    assert (basis.length_scales > 0).all()
+    Xs = (X_train[:5] - basis.feature_center) / basis.feature_scale
+    direct = np.array(
+        [
+            [
+                np.exp(-0.5 * np.sum(((x - c) / ell) ** 2))
+                for c, ell in zip(basis.centers, basis.length_scales, strict=True)
+            ]
+            for x in Xs
+        ]
+    )
+    np.testing.assert_allclose(basis.design(X_train[:5]), direct, rtol=1e-12)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def test_point_metrics_by_hand():
+    z = np.array([0.0, 1.0, 1.0, 3.0, 0.5])
+    zp = np.array([0.1, 1.2, 0.9, 3.0, 1.5])
+    dz = (zp - z) / (1 + z)  # 0.1, 0.1, -0.05, 0, 0.6667
+    got = pz.point_metrics(z_spec=z, z_phot=zp)
+    assert got["bias"] == pytest.approx(0.1)
+    assert got["sigma_nmad"] == pytest.approx(1.4826 * np.median(np.abs(dz - 0.1)))
+    assert got["outlier_fraction"] == pytest.approx(0.2)
+    with pytest.raises(TypeError):
+        pz.point_metrics(z, zp)  # keyword-only: the original swapped them
+
+
+def test_pit_and_coverage_of_calibrated_predictions():
+    rng = np.random.default_rng(4)
+    mean = rng.uniform(0.2, 3.0, size=4000)
+    z = rng.normal(mean, 0.1)
+    samples = rng.normal(mean[:, None], 0.1, size=(4000, 400))
+    values = pz.pit(z_spec=np.abs(z), samples=samples)
+    assert stats.kstest(values[z > 0], "uniform").pvalue > 0.01
+    got = pz.interval_metrics(z_spec=np.abs(z), samples=samples)
+    assert got["coverage_68"] == pytest.approx(0.68, abs=0.025)
+    assert got["coverage_95"] == pytest.approx(0.95, abs=0.015)
+    too_narrow = pz.coverage(z_spec=np.abs(z), samples=samples * 0 + mean[:, None], level=0.68)
+    assert too_narrow < 0.01
+
+
+def test_metrics_table_groups():
+    z = np.array([0.2, 0.4, 1.2, 1.4])
+    table = pz.metrics_table(z_spec=z, z_phot=z + 0.01, groups={"z": pd.cut(z, [0, 1, 2])})
+    assert list(table["n"]) == [4, 2, 2]
+    assert list(table["bin"])[1:] == ["(0, 1]", "(1, 2]"]
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_bad_input(features, mixtures):
+    X_pop, X_train = features
+    bad = X_train.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"X_train contains nan at index \(3, 1\)"):
+        pz.fit_mixtures(X_pop, bad)
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="NaN and inf are not allowed"):
+        pz.gmm_weights(mixtures, X_pop, bad)
+    with pytest.raises(ValueError, match="fewer than n_components=4"):
+        pz.fit_mixtures(X_pop, X_train[:3], n_components=4)
+    with pytest.raises(ValueError, match="X_pop has 3 feature columns and X_train 2"):
+        pz.fit_mixtures(X_pop, X_train[:, :2])
+    with pytest.raises(ValueError, match="mixtures were fitted on 3"):
+        pz.gmm_divide(mixtures, X_train[:, :2])
+    for threshold in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+            pz.gmm_divide(mixtures, X_train, threshold=threshold)
+    for cap in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="max_weight must be a finite number > 0"):
+            pz.gmm_weights(mixtures, X_pop, X_train, max_weight=cap)
+    with pytest.raises(ValueError, match="n_components must be an int or 'bic'"):
+        pz.fit_mixtures(X_pop, X_train, n_components="aic")
+
+
+def test_read_catalog_checks_columns_and_values(tmp_path, catalog):
+    path = tmp_path / "cat.csv"
+    catalog.drop(columns=["z_true"]).to_csv(path, index=False)
+    got = pz.read_catalog(path)
+    np.testing.assert_allclose(got["lupt_F814W"], catalog["lupt_F814W"])
+    assert got["z_spec"].isna().sum() == catalog["z_spec"].isna().sum()
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['mag_F606W'"):
+        pz.read_catalog(path, mag_prefix="mag_")
+    broken = catalog.copy()
+    broken.loc[7, "lupt_F125W"] = np.inf
+    broken.to_csv(path, index=False)
+    with pytest.raises(ValueError, match="'lupt_F125W' is inf in data row 7"):
+        pz.read_catalog(path)

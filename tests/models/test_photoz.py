@@ -1,0 +1,161 @@
+"""The photo-z regression against numpy/scipy at fixed parameters (fast tier)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+import xarray as xr
+from pymc.model.transform.conditioning import remove_value_transforms
+from scipy import stats
+
+from data_tools.photoz import rbf_basis
+from models import photoz
+
+
+def _toy(n=120, d=2, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    z = np.exp(0.4 + 0.3 * X[:, 0] - 0.2 * np.sin(2 * X[:, 1]) + rng.normal(0, 0.05, n)) - 1
+    return X, np.abs(z)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    X, z = _toy()
+    basis = rbf_basis(X, z, 8, rng=1)
+    weights = np.random.default_rng(2).uniform(0.2, 5.0, z.size)
+    return X, z, basis, weights
+
+
+def _posterior(model, coef, noise_coef):
+    """A one-draw posterior holding the given coefficients."""
+    post = xr.Dataset(
+        {
+            "coef": (("chain", "draw", "term"), coef[None, None]),
+            "noise_coef": (("chain", "draw", "noise_term"), noise_coef[None, None]),
+        },
+        coords={
+            "chain": [0],
+            "draw": [0],
+            "term": list(model.coords["term"]),
+            "noise_term": list(model.coords["noise_term"]),
+        },
+    )
+    return xr.DataTree.from_dict({"posterior": post})
+
+
+def test_dims_and_finite_initial_logp(toy):
+    X, z, basis, weights = toy
+    model = photoz.build_model(X, z, basis=basis, weights=weights)
+    for rv in [*model.free_RVs, *model.observed_RVs]:
+        assert model.named_vars_to_dims.get(rv.name), rv.name
+    assert model.named_vars_to_dims["log1pz"] == ("galaxy",)
+    assert len(model.coords["term"]) == 1 + 2 + 8
+    assert np.isfinite(model.compile_logp()(model.initial_point()))
+
+
+def test_pointwise_loglik_against_scipy(toy):
+    """log L_i = w_i log N(ln(1+z_i) | terms_i . coef, sigma_i), with w summing to its ESS."""
+    X, z, basis, weights = toy
+    model = photoz.build_model(X, z, basis=basis, weights=weights)
+    rng = np.random.default_rng(5)
+    coef, noise_coef = rng.normal(0, 0.3, 11), rng.normal(-1.5, 0.6, 3)
+    noise_coef[1] = 2.0  # some galaxies reach the cap s <= 1
+    idata = _posterior(model, coef, noise_coef)
+    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    got = idata["log_likelihood"]["log1pz"].values[0, 0]
+    Xs = (X - basis.feature_center) / basis.feature_scale
+    terms = np.column_stack([np.ones(z.size), Xs, basis.design(X)])
+    w = weights * weights.sum() / (weights**2).sum()
+    assert w.sum() == pytest.approx(weights.sum() ** 2 / (weights**2).sum())
+    s = np.minimum(np.exp(terms[:, :3] @ noise_coef), 1.0)
+    assert (s == 1.0).any() and (s < 0.2).any()
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + s**2)
+    ref = w * stats.norm.logpdf(np.log1p(z), terms @ coef, sigma)
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def test_preconditioner_changes_no_posterior(toy):
+    """Log-density differences between points equal those of the untransformed model."""
+    X, z, basis, weights = toy
+    model = photoz.build_model(X, z, basis=basis, weights=weights)
+    plain = remove_value_transforms(model)
+    rng = np.random.default_rng(6)
+    points = [
+        {"coef": rng.normal(0, 0.3, 11), "noise_coef": rng.normal(-1.5, 0.2, 3)} for _ in range(3)
+    ]
+    logp_plain = plain.compile_logp()
+    logp = model.compile_logp(jacobian=False)
+    t_coef, t_noise = (model.rvs_to_transforms[model[n]] for n in ("coef", "noise_coef"))
+    vals = []
+    for p in points:
+        eps = {
+            "coef_preconditioned__": t_coef.forward(p["coef"]).eval(),
+            "noise_coef_preconditioned__": t_noise.forward(p["noise_coef"]).eval(),
+        }
+        np.testing.assert_allclose(t_coef.backward(eps["coef_preconditioned__"]).eval(), p["coef"])
+        vals.append((logp(eps), logp_plain(p)))
+    vals = np.array(vals)
+    np.testing.assert_allclose(np.diff(vals[:, 0]), np.diff(vals[:, 1]), rtol=1e-9, atol=1e-8)
+
+
+def test_predict_uses_new_features_and_restores_the_data(toy):
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    coef = np.random.default_rng(7).normal(0, 0.3, 11)
+    idata = _posterior(model, coef, np.array([-12.0, 0.0, 0.0]))  # sigma = the 0.02 floor
+    X_new = np.random.default_rng(8).normal(size=(200, 2)) * 1.5
+    draws = photoz.predict(model, idata, X_new, rng=1)
+    assert draws.dims == ("galaxy", "sample") and draws.shape == (200, 1)
+    Xs = (X_new - basis.feature_center) / basis.feature_scale
+    terms = np.column_stack([np.ones(200), Xs, basis.design(X_new)])
+    # linear terms clipped to the training range, the basis evaluated at the new features
+    lo = ((X - basis.feature_center) / basis.feature_scale).min(axis=0)
+    hi = ((X - basis.feature_center) / basis.feature_scale).max(axis=0)
+    terms[:, 1:3] = np.clip(Xs, lo, hi)
+    mean = terms @ coef
+    resid = np.log1p(draws.values[:, 0]) - mean
+    assert np.abs(resid).max() < 5 * photoz.NOISE_FLOOR
+    assert abs(resid.std() - photoz.NOISE_FLOOR) < 0.3 * photoz.NOISE_FLOOR
+    # the training data are back in place
+    np.testing.assert_allclose(model["log1pz_observed"].get_value(), np.log1p(z))
+    assert len(model.coords["galaxy"]) == z.size
+
+
+def test_combine_divided_draws_by_responsibility():
+    n, s = 4, 20_000
+    samples = [np.full((n, s), 1.0), np.full((n, s), 2.0), np.full((n, s), 3.0)]
+    r = np.array([[1, 0, 0], [0, 0, 1], [0.2, 0.5, 0.3], [2, 2, 0]], float)
+    mixed = photoz.combine_divided(samples, r, rng=0)
+    for k, value in enumerate((1.0, 2.0, 3.0)):
+        frac = (mixed == value).mean(axis=1)
+        np.testing.assert_allclose(frac, r[:, k] / r.sum(axis=1), atol=0.015)
+
+
+def test_prediction_summary_matches_numpy():
+    draws = np.random.default_rng(3).gamma(2.0, 0.5, size=(5, 4000))
+    s = photoz.prediction_summary(draws)
+    np.testing.assert_allclose(s["z_phot"], draws.mean(axis=1))
+    np.testing.assert_allclose(s["z_hi68"], np.quantile(draws, 0.84, axis=1))
+
+
+def test_bad_input(toy):
+    X, z, basis, weights = toy
+    bad = z.copy()
+    bad[4] = np.nan
+    with pytest.raises(ValueError, match="z_spec contains nan at index"):
+        photoz.build_model(X, bad, basis=basis)
+    with pytest.raises(ValueError, match="the basis was built on 2"):
+        photoz.build_model(X[:, :1], z, basis=basis)
+    with pytest.raises(ValueError, match="weights must be > 0"):
+        photoz.build_model(X, z, basis=basis, weights=-weights)
+    with pytest.raises(ValueError, match="weights has 3 entries for 120 galaxies"):
+        photoz.build_model(X, z, basis=basis, weights=weights[:3])
+    with pytest.raises(ValueError, match="features has 120 rows but z_spec has 119"):
+        photoz.build_model(X, z[1:], basis=basis)
+    model = photoz.build_model(X, z, basis=basis)
+    with pytest.raises(ValueError, match="method must be 'nuts' or 'advi'"):
+        photoz.fit(model, method="mcmc")
+    with pytest.raises(ValueError, match=r"responsibility has shape \(2, 2\)"):
+        photoz.combine_divided([np.ones((2, 3))] * 3, np.ones((2, 2)))
