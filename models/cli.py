@@ -46,6 +46,20 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _components(text: str) -> int | str:
+    if text == "bic":
+        return "bic"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1 or 'bic', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'bic', got {text!r}")
+    return value
+
+
 def _option(text: str) -> tuple[str, object]:
     """Parse ``KEY=VALUE`` (VALUE a number when it reads as one)."""
     key, sep, value = text.partition("=")
@@ -141,6 +155,68 @@ def _parser() -> argparse.ArgumentParser:
     )
     gd.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
 
+    pz = run_sub.add_parser(
+        "photoz",
+        help="photometric redshifts with Gaussian-mixture weights and divide (simulated "
+        "deep field by default, or --data CSV)",
+        description="Train a GPz-like sparse Gaussian process on a biased spectroscopic sample "
+        "as it is, with mixture density-ratio weights, divided by mixture component, or both; "
+        "score every variant and a gradient-boosting baseline on one held-out test set.",
+    )
+    pz.add_argument("--data", type=_existing_file, help="catalogue CSV: magnitudes, errors, z_spec")
+    pz.add_argument("--out", type=Path, default=Path("results/photoz"), help="output folder")
+    pz.add_argument(
+        "--galaxies", type=_positive_int, default=10_000, help="galaxies to simulate (10,000)"
+    )
+    pz.add_argument(
+        "--test-size", type=_positive_int, default=2_000, help="held-out test galaxies (2,000)"
+    )
+    pz.add_argument(
+        "--components",
+        type=_components,
+        default=4,
+        help="mixture components, or 'bic' to choose by BIC (default 4, the seed's)",
+    )
+    pz.add_argument(
+        "--mode",
+        dest="modes",
+        nargs="+",
+        choices=("simple", "weighted", "divide", "divide-weighted"),
+        default=["simple", "weighted", "divide", "divide-weighted"],
+        help="training variants to run and compare (default: all four)",
+    )
+    pz.add_argument(
+        "--threshold",
+        type=float,
+        default=0.2,
+        help="divide membership threshold (0.2, as the guide)",
+    )
+    pz.add_argument("--max-weight", type=float, default=100.0, help="cap on the weights (100)")
+    pz.add_argument("--basis", type=_positive_int, default=100, help="basis functions (100)")
+    pz.add_argument(
+        "--method",
+        choices=("auto", "nuts", "advi"),
+        default="auto",
+        help="NUTS, ADVI, or auto: NUTS up to 5,000 training galaxies",
+    )
+    pz.add_argument("--draws", type=_positive_int, default=500, help="draws per chain")
+    pz.add_argument("--tune", type=_nonnegative_int, default=500, help="tuning steps per chain")
+    pz.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
+    pz.add_argument("--seed", type=int, default=20260, help="seed of everything random")
+    pz.add_argument(
+        "--bands",
+        nargs="+",
+        default=["F606W", "F814W", "F125W", "F160W"],
+        help="bands, blue to red (with --data)",
+    )
+    pz.add_argument("--mag-prefix", default="lupt_", help="magnitude column prefix (with --data)")
+    pz.add_argument("--err-prefix", default="lupterr_", help="error column prefix (with --data)")
+    pz.add_argument("--z-column", default="z_spec", help="spectroscopic redshift column")
+    pz.add_argument(
+        "--no-compare", action="store_true", help="skip the LOO comparison of noise models"
+    )
+    pz.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
+
     demo = sub.add_parser("demo", help="every implemented use case at small size (minutes)")
     demo.add_argument("--out", type=Path, default=Path("results/demo"), help="output folder")
     demo.add_argument("--seed", type=int, default=20260)
@@ -166,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     bgd.add_argument("--skip-nuts", action="store_true", help="time only the marginalisation")
     bgd.add_argument("--seed", type=int, default=1)
+    bpz = bench_sub.add_parser(
+        "photoz", help="photo-z training and prediction vs HistGradientBoostingRegressor"
+    )
+    bpz.add_argument("--train", type=_positive_int, default=5000, help="training galaxies")
+    bpz.add_argument("--test", type=_positive_int, default=5000, help="galaxies to predict")
+    bpz.add_argument("--basis", type=_positive_int, default=100, help="basis functions")
+    bpz.add_argument("--skip-nuts", action="store_true", help="time ADVI only")
+    bpz.add_argument("--seed", type=int, default=1)
     bsbc = bench_sub.add_parser("sbc", help="SBC replicates per minute on 1 and 2 local workers")
     bsbc.add_argument("--case", default="gamma-dm", help="use case (default gamma-dm)")
     bsbc.add_argument("--replicates", type=_positive_int, default=60)
@@ -240,6 +324,20 @@ def main(argv: list[str] | None = None) -> int:
 
             report = run_gamma(_config(GammaRunConfig, args, compare=not args.no_compare))
             return 0 if report["diagnostics"]["ok"] else 1
+        if args.command == "run" and args.use_case == "photoz":
+            from models.runs.photoz import PhotozRunConfig
+            from models.runs.photoz import run as run_photoz
+
+            report = run_photoz(
+                _config(
+                    PhotozRunConfig,
+                    args,
+                    compare=not args.no_compare,
+                    modes=tuple(args.modes),
+                    bands=tuple(args.bands),
+                )
+            )
+            return 0 if report["diagnostics"]["ok"] else 1
         if args.command == "sbc":
             from models.runs.sbc import run as run_sbc
 
@@ -281,6 +379,17 @@ def main(argv: list[str] | None = None) -> int:
 
             bench_gd.main(seed=args.seed, nuts=not args.skip_nuts)
             return 0
+        if args.command == "bench" and args.use_case == "photoz":
+            from models.benchmarks import photoz as bench_pz
+
+            bench_pz.main(
+                n_train=args.train,
+                n_test=args.test,
+                n_basis=args.basis,
+                seed=args.seed,
+                methods=("advi",) if args.skip_nuts else ("nuts", "advi"),
+            )
+            return 0
         if args.command == "bench" and args.use_case == "sbc":
             from models.benchmarks import sbc_throughput
 
@@ -311,6 +420,22 @@ def _demo(out: Path, seed: int) -> int:
 
     print("\nastroweights demo: gamma-ray DM search (the seed's 500 events)", flush=True)
     report = run_gamma(GammaRunConfig(out=out / "gamma_dm", seed=seed))
+    ok = ok and report["diagnostics"]["ok"]
+    from models.runs.photoz import PhotozRunConfig
+    from models.runs.photoz import run as run_photoz
+
+    print("\nastroweights demo: photometric redshifts (4,000 galaxies, 30 functions)", flush=True)
+    report = run_photoz(
+        PhotozRunConfig(
+            out=out / "photoz",
+            galaxies=4_000,
+            test_size=800,
+            basis=30,
+            draws=300,
+            tune=300,
+            seed=seed,
+        )
+    )
     ok = ok and report["diagnostics"]["ok"]
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; results in {out}/", flush=True)
     if not ok:

@@ -8,26 +8,27 @@ likelihood: :func:`data_tools.photoz.rbf_basis`),
 .. math::
 
     \mu_i = a + x_i^\top b + \sum_j \phi_j(x_i)\, w_j, \qquad
-    \ln s_i = c + x_i^\top g, \qquad
+    \ln s_i = c + x_i^\top g + e_i^\top h, \qquad
     \sigma_i^2 = \sigma_0^2 + \min(s_i, 1)^2, \qquad
     y_i \sim \mathcal{N}(\mu_i, \sigma_i^2),
 
 with each galaxy's log-likelihood multiplied by its weight :math:`\omega_i` (cost-sensitive
-learning). This is GPz (Almosallam et al. 2016): a sparse GP as a Bayesian linear model on
-basis functions with relevance (ARD) priors, heteroscedastic noise and predictive variance =
-model variance + noise variance, sampled with NUTS (or ADVI) instead of a type-II
-maximum-likelihood point. Where it departs from GPz, and why (each measured on the simulated
-deep field, 1,462 training galaxies, 100 functions):
+learning), and :math:`e_i` optional extra noise inputs (the run passes the logarithms of the
+magnitude errors, as GPz++ lets the photometric errors shape the noise). This is GPz (Almosallam
+et al. 2016): a sparse GP as a Bayesian linear model on basis functions with relevance (ARD)
+priors, heteroscedastic noise and predictive variance = model variance + noise variance, sampled
+with NUTS (or ADVI) instead of a type-II maximum-likelihood point. Where it departs from GPz,
+and why (each measured on the simulated deep field, 1,462 training galaxies, 100 functions):
 
-- **Linear terms** in the mean: an RBF model reverts to its intercept far from its centres,
-  i.e. to the training sample's typical redshift, which is exactly where a biased training set
-  leaves the faint galaxies. For predictions the linear terms are held constant beyond the
-  training features' range; the noise is not, so unfamiliar galaxies get wide intervals.
-- **Noise linear in the features**, not in the basis functions. With the basis in the noise,
-  a heavily weighted galaxy can be explained by the mean or by a local noise spike; the
-  weighted posteriors became multimodal (two chains at r-hat 1.39). Linear noise: r-hat 1.00,
-  no divergences. A floor :math:`\sigma_0 = 0.02` and the cap :math:`s \le 1` keep a
-  single galaxy from collapsing or exploding the noise.
+- **Linear terms** in the mean: an RBF model reverts to its intercept far from its centres, i.e.
+  to the training sample's typical redshift, which is exactly where a biased training set leaves
+  the faint galaxies. For predictions the linear terms are held constant beyond the training
+  features' range; the noise is not, so unfamiliar galaxies get wide intervals.
+- **Noise linear in the features**, not in the basis functions. With the basis in the noise, a
+  heavily weighted galaxy can be explained by the mean or by a local noise spike; the weighted
+  posteriors became multimodal (two chains at r-hat 1.39). Linear noise: r-hat 1.00, no
+  divergences. A floor :math:`\sigma_0 = 0.02` and the cap :math:`s \le 1` keep a single galaxy
+  from collapsing or exploding the noise.
 - **Relevance fixed by type-II likelihood.** scikit-learn's ``ARDRegression`` on the weighted
   plug-in problem sets one prior scale per basis weight, ``w_j ~ N(0, 1 / lambda_j)``
   (:func:`relevance_sd`), as GPz fits its relevances; sampling the scales as well gave funnels
@@ -35,8 +36,9 @@ deep field, 1,462 training galaxies, 100 functions):
 
 Priors, in units of the training targets' (weighted) spread :math:`s_y` about their mean
 :math:`\bar y`: ``a ~ N(ybar, s_y)``, ``b ~ N(0, s_y)``, ``w_j ~ N(0, min(1 / sqrt(lambda_j),
-s_y))``; ``c ~ N(ln(s_y / 2), 1)``, ``g ~ N(0, 0.5)``. The coefficients form ``coef`` (dims
-``term``: intercept, features, basis functions) and ``noise_coef`` (dims ``noise_term``).
+s_y))``; ``c ~ N(ln(s_y / 2), 1)``, ``g, h ~ N(0, 0.5)`` (the noise inputs are robust-scaled
+too). The coefficients form ``coef`` (dims ``term``: intercept, features, basis functions) and
+``noise_coef`` (dims ``noise_term``).
 
 The basis functions overlap, so their weights are strongly correlated a posteriori; NUTS
 samples them through a fixed affine preconditioner (the Gaussian posterior of a plug-in fit,
@@ -162,8 +164,10 @@ def build_model(
     basis: RBFBasis,
     weights: Any = None,
     heteroscedastic: bool = True,
+    noise_inputs: Any = None,
     galaxy_ids: Any = None,
     feature_names: Any = None,
+    noise_input_names: Any = None,
 ) -> pm.Model:
     """Build the photo-z regression for a training set.
 
@@ -180,8 +184,12 @@ def build_model(
         rescaled to sum to their effective sample size.
     heteroscedastic
         Noise varying with the features (GPz) or one noise level for all galaxies.
-    galaxy_ids, feature_names
-        Coordinate labels (default ``0..n-1`` and ``x0..``).
+    noise_inputs
+        Optional extra inputs of the log-noise, shape ``(n_galaxy, k)``, e.g. the logarithms
+        of the magnitude errors: as in GPz++, fainter photometry then means wider predictive
+        intervals, also for galaxies fainter than any in the training set.
+    galaxy_ids, feature_names, noise_input_names
+        Coordinate labels (default ``0..n-1``, ``x0..`` and ``e0..``).
 
     Returns
     -------
@@ -214,6 +222,23 @@ def build_model(
     y_bar = float(np.average(y, weights=w))
     s_y = float(np.sqrt(np.average((y - y_bar) ** 2, weights=w))) or 0.1
     n_feature = X.shape[1]
+    if noise_inputs is None:
+        U = np.zeros((z.size, 0))
+    else:
+        U = as_finite_array("noise_inputs", noise_inputs, ndim=2)
+        if U.shape[0] != z.size:
+            raise ValueError(f"noise_inputs has {U.shape[0]} rows for {z.size} galaxies.")
+    u_center = np.median(U, axis=0)
+    u_iqr = np.subtract(*np.percentile(U, [75, 25], axis=0)) if U.shape[1] else np.ones(0)
+    u_scale = np.where(u_iqr > 0, u_iqr, 1.0)
+    Us = (U - u_center) / u_scale
+    noise_names = (
+        [f"e{j}" for j in range(U.shape[1])]
+        if noise_input_names is None
+        else [str(n) for n in noise_input_names]
+    )
+    if len(noise_names) != U.shape[1]:
+        raise ValueError("noise_input_names must have one entry per column of noise_inputs.")
     coords = {
         "galaxy": np.arange(z.size) if galaxy_ids is None else np.asarray(galaxy_ids),
         "feature": [f"x{j}" for j in range(n_feature)]
@@ -222,13 +247,20 @@ def build_model(
         "basis": np.arange(basis.n_basis),
     }
     coords["term"] = ["intercept", *coords["feature"], *[f"basis{j}" for j in coords["basis"]]]
-    coords["noise_term"] = ["intercept", *coords["feature"]] if heteroscedastic else ["intercept"]
+    coords["noise_input"] = [*coords["feature"], *noise_names]
+    coords["noise_term"] = ["intercept"]
+    if heteroscedastic:
+        coords["noise_term"] += coords["noise_input"]
     if len(coords["galaxy"]) != z.size or len(coords["feature"]) != n_feature:
         raise ValueError("galaxy_ids / feature_names must have one entry per galaxy / feature.")
     with pm.Model(coords=coords) as model:
         design_d = pm.Data("design", design, dims=("galaxy", "basis"))
         x_d = pm.Data("scaled_features", Xs, dims=("galaxy", "feature"))
-        x_noise = pm.Data("noise_features", Xs, dims=("galaxy", "feature"))
+        x_noise = pm.Data(
+            "noise_features", np.column_stack([Xs, Us]), dims=("galaxy", "noise_input")
+        )
+        pm.Data("noise_input_center", u_center)
+        pm.Data("noise_input_scale", u_scale)
         y_d = pm.Data("log1pz_observed", y, dims="galaxy")
         w_d = pm.Data("weight", w, dims="galaxy")
         # The basis itself, so predict() can evaluate it for new galaxies.
@@ -247,17 +279,17 @@ def build_model(
             s_y, np.full(n_feature, s_y), relevance_sd(terms_np, y, w, s_y, basis.n_basis)
         ]
         loc_mean = np.r_[y_bar, np.zeros(n_feature + basis.n_basis)]
-        sd_noise = np.r_[1.0, np.full(n_feature, 0.5)]
+        sd_noise = np.r_[1.0, np.full(n_feature + U.shape[1], 0.5)]
         shift, chol_mean, noise_shift, chol_noise = _preconditioners(
             terms_np,
-            terms_np[:, : 1 + n_feature],
+            np.column_stack([np.ones(z.size), Xs, Us]),
             y,
             w,
             sd_mean,
             sd_noise,
             heteroscedastic=heteroscedastic,
         )
-        loc_noise = np.r_[np.log(s_y / 2), np.zeros(n_feature)]
+        loc_noise = np.r_[np.log(s_y / 2), np.zeros(n_feature + U.shape[1])]
         terms = pt.concatenate([pt.ones((x_d.shape[0], 1)), x_d, design_d], axis=1)
         coef = pm.Normal(
             "coef",
@@ -356,6 +388,7 @@ def predict(
     idata: xr.DataTree,
     features: Any,
     *,
+    noise_inputs: Any = None,
     rng: Any = None,
     galaxy_ids: Any = None,
 ) -> xr.DataArray:
@@ -367,6 +400,8 @@ def predict(
         A model from :func:`build_model` and its fit (:func:`fit`).
     features
         New galaxies' features, shape ``(n, n_feature)`` in the training features' order.
+    noise_inputs
+        Their noise inputs, required when the model was built with ``noise_inputs``.
 
     Returns
     -------
@@ -380,6 +415,22 @@ def predict(
         centers=model["basis_center"].get_value(),
         length_scales=model["basis_length_scale"].get_value(),
     )
+    n_extra = len(model.coords["noise_input"]) - X.shape[1]
+    if n_extra > 0 and noise_inputs is None:
+        raise ValueError(
+            f"the model's noise uses {n_extra} extra input(s); pass noise_inputs for the new "
+            f"galaxies (the same quantities as in build_model)."
+        )
+    U = (
+        np.zeros((X.shape[0], 0))
+        if n_extra <= 0
+        else as_finite_array("noise_inputs", noise_inputs, ndim=2)
+    )
+    if U.shape != (X.shape[0], max(n_extra, 0)):
+        raise ValueError(
+            f"noise_inputs has shape {U.shape}, expected {(X.shape[0], max(n_extra, 0))}."
+        )
+    Us = (U - model["noise_input_center"].get_value()) / model["noise_input_scale"].get_value()
     ids = np.arange(X.shape[0]) if galaxy_ids is None else np.asarray(galaxy_ids)
     saved = {name: model[name].get_value() for name in _DATA}
     saved_ids = model.coords["galaxy"]
@@ -395,7 +446,7 @@ def predict(
                     model["scaled_low"].get_value(),
                     model["scaled_high"].get_value(),
                 ),
-                "noise_features": basis.scale(X, "features"),
+                "noise_features": np.column_stack([basis.scale(X, "features"), Us]),
                 "log1pz_observed": np.zeros(X.shape[0]),
                 "weight": np.ones(X.shape[0]),
             },

@@ -159,3 +159,29 @@ def test_bad_input(toy):
         photoz.fit(model, method="mcmc")
     with pytest.raises(ValueError, match=r"responsibility has shape \(2, 2\)"):
         photoz.combine_divided([np.ones((2, 3))] * 3, np.ones((2, 2)))
+
+
+def test_noise_inputs_enter_the_log_noise(toy):
+    """ln s_i = c + x_i . g + u_i . h with u the robust-scaled noise inputs; predict needs them."""
+    X, z, basis, _ = toy
+    E = np.random.default_rng(9).normal(-3.0, 0.5, size=(z.size, 2))
+    model = photoz.build_model(X, z, basis=basis, noise_inputs=E, noise_input_names=["a", "b"])
+    assert list(model.coords["noise_term"]) == ["intercept", "x0", "x1", "a", "b"]
+    coef = np.random.default_rng(10).normal(0, 0.3, 11)
+    noise_coef = np.array([-2.0, 0.1, -0.2, 0.4, 0.3])
+    idata = _posterior(model, coef, noise_coef)
+    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    Xs = (X - basis.feature_center) / basis.feature_scale
+    Es = (E - np.median(E, axis=0)) / np.subtract(*np.percentile(E, [75, 25], axis=0))
+    s = np.exp(noise_coef[0] + Xs @ noise_coef[1:3] + Es @ noise_coef[3:])
+    terms = np.column_stack([np.ones(z.size), Xs, basis.design(X)])
+    ref = stats.norm.logpdf(
+        np.log1p(z), terms @ coef, np.sqrt(photoz.NOISE_FLOOR**2 + np.minimum(s, 1) ** 2)
+    )
+    np.testing.assert_allclose(idata["log_likelihood"]["log1pz"].values[0, 0], ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="pass noise_inputs for the new galaxies"):
+        photoz.predict(model, idata, X[:5])
+    with pytest.raises(ValueError, match=r"noise_inputs has shape \(5, 1\), expected \(5, 2\)"):
+        photoz.predict(model, idata, X[:5], noise_inputs=E[:5, :1])
+    draws = photoz.predict(model, idata, X[:5], noise_inputs=E[:5] + 3.0, rng=0)
+    assert draws.shape == (5, 1)

@@ -1,0 +1,608 @@
+"""``astroweights run photoz``: the four training variants scored on one held-out test set.
+
+Variants (the seed's guide): ``simple`` (the spectroscopic sample as it is), ``weighted``
+(cost-sensitive learning with mixture density-ratio weights), ``divide`` (one model per
+population mixture component, predictions mixed by membership probability) and
+``divide-weighted`` (both). A scikit-learn ``HistGradientBoostingRegressor`` trained on the same
+galaxies (unweighted and weighted) is the baseline.
+
+On a simulated catalogue the test set is a random sample of the galaxies *without* a spectrum,
+scored against the simulation's true redshift: the population the photo-z are for. On a user's
+catalogue only spectroscopic galaxies have a redshift, so a random fifth of them is held out and
+the report says the test set shares the training sample's bias.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from data_tools._io import atomic_path
+from data_tools.photoz import (
+    BANDS,
+    fit_mixtures,
+    gmm_divide,
+    gmm_features,
+    gmm_weights,
+    metrics_table,
+    pit,
+    rbf_basis,
+    read_catalog,
+    simulate_galaxy_catalog,
+)
+from models import plots
+from models.inference import compare_models, convergence, loo_summary
+from models.photoz import (
+    build_model,
+    combine_divided,
+    fit,
+    parameter_names,
+    predict,
+    prediction_summary,
+)
+from models.runs._common import Progress, write_idata, write_standard_outputs
+
+__all__ = ["MODES", "PhotozRunConfig", "run"]
+
+MODES = ("simple", "weighted", "divide", "divide-weighted")
+MAGNITUDE_EDGES = (-np.inf, 24.0, 25.5, 26.5, np.inf)
+REDSHIFT_EDGES = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0, np.inf)
+NUTS_LIMIT = 5000
+"""Training sets up to this size are fitted with NUTS by ``method="auto"``; larger with ADVI."""
+
+
+@dataclass(frozen=True)
+class PhotozRunConfig:
+    """Settings of one run; every field is a command-line option."""
+
+    out: Path = Path("results/photoz")
+    data: Path | None = None
+    galaxies: int = 10_000
+    test_size: int = 2_000
+    components: int | str = 4
+    modes: tuple[str, ...] = MODES
+    threshold: float = 0.2
+    max_weight: float = 100.0
+    basis: int = 100
+    method: str = "auto"
+    draws: int = 500
+    tune: int = 500
+    chains: int = 2
+    seed: int = 20260
+    bands: tuple[str, ...] = BANDS
+    mag_prefix: str = "lupt_"
+    err_prefix: str = "lupterr_"
+    z_column: str = "z_spec"
+    compare: bool = True
+    quiet: bool = False
+    _fields_checked: bool = field(default=True, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("galaxies", "test_size", "basis", "draws", "chains"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.tune < 0:
+            raise ValueError(f"tune must be >= 0, got {self.tune}.")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ValueError(f"modes must be chosen from {MODES}, got {list(self.modes)}.")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}.")
+        if not (np.isfinite(self.max_weight) and self.max_weight > 0):
+            raise ValueError(f"max_weight must be > 0, got {self.max_weight}.")
+        if self.method not in ("auto", "nuts", "advi"):
+            raise ValueError(f"method must be 'auto', 'nuts' or 'advi', got {self.method!r}.")
+        if not (
+            self.components == "bic" or (isinstance(self.components, int) and self.components >= 1)
+        ):
+            raise ValueError(f"components must be an int >= 1 or 'bic', got {self.components!r}.")
+        if len(self.bands) < 2:
+            raise ValueError(f"bands needs at least two bands, got {list(self.bands)}.")
+
+
+@dataclass
+class Split:
+    """The catalogue divided into population, training and test galaxies."""
+
+    catalog: pd.DataFrame
+    train: np.ndarray
+    test: np.ndarray
+    z_test: np.ndarray
+    test_is_population: bool
+
+
+def _split(config: PhotozRunConfig, rng: np.random.Generator) -> Split:
+    if config.data is None:
+        cat = simulate_galaxy_catalog(config.galaxies, rng=rng)
+        spec = np.isfinite(cat["z_spec"].to_numpy())
+        pool = np.flatnonzero(~spec)
+        test = np.sort(rng.choice(pool, min(config.test_size, pool.size), replace=False))
+        return Split(cat, np.flatnonzero(spec), test, cat["z_true"].to_numpy()[test], True)
+    cat = read_catalog(
+        config.data,
+        bands=config.bands,
+        mag_prefix=config.mag_prefix,
+        err_prefix=config.err_prefix,
+        z_column=config.z_column,
+    )
+    spec = np.flatnonzero(np.isfinite(cat["z_spec"].to_numpy()))
+    n_test = min(config.test_size, spec.size // 5)
+    if n_test < 10:
+        raise ValueError(
+            f"{config.data}: only {spec.size} galaxies have a spectroscopic redshift; at least "
+            f"50 are needed to hold out a test set."
+        )
+    test = np.sort(rng.choice(spec, n_test, replace=False))
+    train = np.setdiff1d(spec, test)
+    return Split(cat, train, test, cat["z_spec"].to_numpy()[test], False)
+
+
+def _mixture_features(cat: pd.DataFrame, bands: tuple[str, ...]) -> np.ndarray:
+    """Return the mixture features: the seed's for its bands (two colours and F160W).
+
+    For other bands: the first two colours of neighbouring bands and the reddest magnitude.
+    """
+    if tuple(bands) == BANDS:
+        return gmm_features(cat)
+    colours = list(pairwise(bands))[:2]
+    return gmm_features(cat, colours=colours, magnitudes=(bands[-1],))
+
+
+def regression_features(cat: pd.DataFrame, bands: tuple[str, ...]) -> np.ndarray:
+    """Colours of neighbouring bands and the reddest magnitude, shape ``(n, n_band)``.
+
+    The same information as the magnitudes, in coordinates where the redshift varies along
+    the axes (RBF length scales and tree splits are per feature).
+    """
+    return gmm_features(cat, colours=list(pairwise(bands)), magnitudes=(bands[-1],))
+
+
+def feature_names(bands: tuple[str, ...]) -> list[str]:
+    return [f"{a}-{b}" for a, b in pairwise(bands)] + [bands[-1]]
+
+
+def _method(config: PhotozRunConfig, n_train: int) -> str:
+    if config.method != "auto":
+        return config.method
+    return "nuts" if n_train <= NUTS_LIMIT else "advi"
+
+
+@dataclass
+class Variant:
+    """One trained variant: its predictive draws on the test set and its fitted models."""
+
+    samples: np.ndarray
+    fits: list[tuple[Any, xr.DataTree]]
+    members: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _train_one(config, X, z, weights, rng, *, n_basis, errors):
+    basis = rbf_basis(X, z, n_basis, weights=weights, rng=rng)
+    model = build_model(
+        X,
+        z,
+        basis=basis,
+        weights=weights,
+        noise_inputs=errors,
+        feature_names=feature_names(config.bands),
+        noise_input_names=[f"ln err {b}" for b in config.bands],
+    )
+    idata = fit(
+        model,
+        method=_method(config, z.size),
+        draws=config.draws,
+        tune=config.tune,
+        chains=config.chains,
+        rng=rng,
+        progressbar=not config.quiet,
+    )
+    return model, idata
+
+
+def _variant(mode, config, train, z_train, test, weights, division, test_resp, rng) -> Variant:
+    """Train one variant; ``train`` and ``test`` are (features, log magnitude errors)."""
+    t0 = time.perf_counter()
+    (X, E), (X_test, E_test) = train, test
+    w = weights if mode in ("weighted", "divide-weighted") else None
+    if mode in ("simple", "weighted"):
+        model, idata = _train_one(
+            config, X, z_train, w, rng, n_basis=min(config.basis, z_train.size), errors=E
+        )
+        samples = predict(model, idata, X_test, noise_inputs=E_test, rng=rng).values
+        return Variant(samples, [(model, idata)], seconds=time.perf_counter() - t0)
+    fits, per_component, fitted = [], [], []
+    for k in range(division.member.shape[1]):
+        rows = np.flatnonzero(division.member[:, k])
+        if rows.size < 20:
+            continue
+        n_basis = min(config.basis, max(5, rows.size // 10))
+        model, idata = _train_one(
+            config,
+            X[rows],
+            z_train[rows],
+            None if w is None else w[rows],
+            rng,
+            n_basis=n_basis,
+            errors=E[rows],
+        )
+        fits.append((model, idata))
+        per_component.append(predict(model, idata, X_test, noise_inputs=E_test, rng=rng).values)
+        fitted.append(k)
+    if not fitted:
+        raise ValueError(
+            f"no mixture component has 20 or more training members at threshold "
+            f"{config.threshold}; lower --threshold or use fewer --components."
+        )
+    resp = test_resp[:, fitted]
+    # A test galaxy whose components all lack a model falls back to the fitted ones equally.
+    empty = resp.sum(axis=1) <= 1e-12
+    resp[empty] = 1.0
+    samples = combine_divided(per_component, resp, rng=rng)
+    return Variant(samples, fits, members=fitted, seconds=time.perf_counter() - t0)
+
+
+def _baseline(X, z, X_test, weights, seed) -> np.ndarray:
+    model = HistGradientBoostingRegressor(random_state=seed)
+    model.fit(X, np.log1p(z), sample_weight=weights)
+    return np.expm1(model.predict(X_test))
+
+
+def run(config: PhotozRunConfig) -> dict[str, Any]:
+    """Load or simulate, weight and divide, train every variant, score, write and report."""
+    t_start = time.perf_counter()
+    out = Path(config.out)
+    n_stages = 4 + len(config.modes) + int(config.compare)
+    progress = Progress(n_stages, quiet=config.quiet)
+    seeds = np.random.SeedSequence(config.seed).spawn(4 + len(MODES))
+    rng_data = np.random.default_rng(seeds[0])
+
+    source = "simulating" if config.data is None else f"reading {config.data}"
+    with progress.stage(f"{source} the catalogue"):
+        split = _split(config, rng_data)
+    cat = split.catalog
+    mags = regression_features(cat, config.bands)
+    feats = _mixture_features(cat, config.bands)
+    # ln of the magnitude errors feed the noise (GPz++ uses the errors the same way)
+    log_err = np.log(cat[[f"lupterr_{b}" for b in config.bands]].to_numpy())
+    X_train, X_test = mags[split.train], mags[split.test]
+    train, test = (X_train, log_err[split.train]), (X_test, log_err[split.test])
+    z_train = cat["z_spec"].to_numpy()[split.train]
+
+    with progress.stage(
+        f"mixtures on {feats.shape[1]} features ({len(cat)} galaxies, {split.train.size} with "
+        f"z_spec): weights and divide"
+    ):
+        mixtures = fit_mixtures(
+            feats, feats[split.train], n_components=config.components, rng=seeds[1]
+        )
+        weights = gmm_weights(mixtures, feats, feats[split.train], max_weight=config.max_weight)
+        division = gmm_divide(mixtures, feats[split.train], threshold=config.threshold)
+        test_resp = mixtures.responsibilities(feats[split.test])
+
+    variants: dict[str, Variant] = {}
+    for i, mode in enumerate(config.modes):
+        method = _method(config, split.train.size).upper()
+        with progress.stage(
+            f"training '{mode}' ({method}) and predicting {split.test.size} galaxies"
+        ):
+            variants[mode] = _variant(
+                mode,
+                config,
+                train,
+                z_train,
+                test,
+                weights.values,
+                division,
+                test_resp,
+                np.random.default_rng(seeds[4 + MODES.index(mode)]),
+            )
+        del i
+
+    comparison = None
+    if config.compare:
+        with progress.stage("LOO: heteroscedastic vs constant noise (simple training set)"):
+            comparison = _loo_noise_models(config, train, z_train, variants, seeds[2])
+
+    with progress.stage("baseline: HistGradientBoostingRegressor on the same split"):
+        seed = int(np.random.default_rng(seeds[3]).integers(2**31 - 1))
+        baseline = {
+            "hgb": _baseline(X_train, z_train, X_test, None, seed),
+            "hgb-weighted": _baseline(X_train, z_train, X_test, weights.values, seed),
+        }
+
+    with progress.stage(f"scoring and writing results to {out}/"):
+        groups = {
+            f"lupt_{config.bands[-1]}": pd.cut(X_test[:, -1], MAGNITUDE_EDGES),
+            "z_true" if split.test_is_population else "z_spec": pd.cut(
+                split.z_test, REDSHIFT_EDGES
+            ),
+        }
+        tables = []
+        for mode, v in variants.items():
+            summary = prediction_summary(v.samples)
+            t = metrics_table(
+                z_spec=split.z_test, z_phot=summary["z_phot"], samples=v.samples, groups=groups
+            )
+            tables.append(t.assign(variant=mode))
+        for name, zp in baseline.items():
+            t = metrics_table(z_spec=split.z_test, z_phot=zp, groups=groups)
+            tables.append(t.assign(variant=name))
+        table = pd.concat(tables, ignore_index=True)
+        table = table[["variant", *[c for c in table.columns if c != "variant"]]]
+        report = _report(
+            config, split, mixtures, weights, division, variants, table, comparison, t_start
+        )
+        files = _write(out, config, split, cat, feats, weights, variants, baseline, table, report)
+        report["files"] = files
+    if not config.quiet:
+        print(format_report(report), flush=True)
+    return report
+
+
+def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    X, E = train
+    if "simple" in variants:
+        _, idata_h = variants["simple"].fits[0]
+    else:
+        _, idata_h = _train_one(
+            config, X, z, None, rng, n_basis=min(config.basis, z.size), errors=E
+        )
+    basis = rbf_basis(X, z, min(config.basis, z.size), rng=rng)
+    model_c = build_model(
+        X, z, basis=basis, heteroscedastic=False, feature_names=feature_names(config.bands)
+    )
+    idata_c = fit(
+        model_c,
+        method=_method(config, z.size),
+        draws=config.draws,
+        tune=config.tune,
+        chains=config.chains,
+        rng=rng,
+        progressbar=False,
+    )
+    table = compare_models({"heteroscedastic": idata_h, "constant noise": idata_c})
+    return {
+        "table": table.reset_index().rename(columns={"index": "model"}).to_dict("records"),
+        "loo": {"heteroscedastic": loo_summary(idata_h), "constant noise": loo_summary(idata_c)},
+    }
+
+
+def _diagnostics(fits) -> dict[str, Any]:
+    out = []
+    for model, idata in fits:
+        if "sample_stats" not in idata.children:
+            out.append(
+                {"method": "advi", "ok": True, "n_galaxy": model.dim_lengths["galaxy"].eval()}
+            )
+            continue
+        d = convergence(idata, [n for n in parameter_names(model) if n != "basis_weight"])
+        d["n_galaxy"] = int(model.dim_lengths["galaxy"].eval())
+        out.append(d)
+    return {"fits": out, "ok": all(d["ok"] for d in out)}
+
+
+def _report(config, split, mixtures, weights, division, variants, table, comparison, t_start):
+    overall = table[table["group"] == "all"].set_index("variant")
+    return {
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(config).items()
+            if not k.startswith("_")
+        },
+        "catalogue": {
+            "galaxies": len(split.catalog),
+            "training": int(split.train.size),
+            "test": int(split.test.size),
+            "test_set": "random galaxies without z_spec, scored against the simulation's truth"
+            if split.test_is_population
+            else "random fifth of the spectroscopic galaxies (shares the training sample's bias)",
+        },
+        "mixtures": {
+            "components": mixtures.n_components,
+            "bic": mixtures.bic,
+            "weights_ess": weights.ess,
+            "weights_capped": weights.n_capped,
+            "divergence_unweighted": weights.divergence_unweighted.tolist(),
+            "divergence_weighted": weights.divergence_weighted.tolist(),
+            "training_members_per_component": division.counts().tolist(),
+            "threshold": division.threshold,
+        },
+        "overall": overall.drop(columns=["group", "bin"]).to_dict("index"),
+        "seconds_per_variant": {m: v.seconds for m, v in variants.items()},
+        "diagnostics": {m: _diagnostics(v.fits) for m, v in variants.items()}
+        | {"ok": all(_diagnostics(v.fits)["ok"] for v in variants.values())},
+        "loo_noise_models": comparison,
+        "loo_note": "LOO compares models fitted to the same galaxies with the same unweighted "
+        "likelihood (here: heteroscedastic vs constant noise). Weighted variants multiply "
+        "each log-likelihood term by a weight, so their 'pointwise log-likelihood' is not a "
+        "predictive density, and divide variants are fitted to different subsets: compare "
+        "those on the held-out test set instead (metrics.csv).",
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def _write(out, config, split, cat, feats, weights, variants, baseline, table, report):
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(variants))
+    model, idata = variants[first].fits[0]
+    files = write_standard_outputs(out, idata, parameter_names(model), report)
+    for mode, v in variants.items():
+        for k, (_, idata_k) in enumerate(v.fits):
+            suffix = f"_{v.members[k]}" if v.members else ""
+            name = f"idata_{mode}{suffix}.nc"
+            write_idata(idata_k, out / name)
+            files.append(name)
+    preds = {
+        "id": cat["id"].to_numpy()[split.test],
+        "z_true" if split.test_is_population else "z_spec": split.z_test,
+    }
+    for mode, v in variants.items():
+        for key, value in prediction_summary(v.samples).items():
+            preds[f"{mode}:{key}"] = value
+        preds[f"{mode}:pit"] = pit(z_spec=split.z_test, samples=v.samples)
+    for name, zp in baseline.items():
+        preds[f"{name}:z_phot"] = zp
+    with atomic_path(out / "predictions.csv") as tmp:
+        pd.DataFrame(preds).to_csv(tmp, index=False)
+    with atomic_path(out / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "weights.csv") as tmp:
+        pd.DataFrame({"id": cat["id"].to_numpy()[split.train], "weight": weights.values}).to_csv(
+            tmp, index=False
+        )
+    files += ["predictions.csv", "metrics.csv", "weights.csv"]
+    plots.save_figure(zphot_figure(split.z_test, variants, baseline), out / "zphot_zspec.png")
+    plots.save_figure(
+        weighting_figure(feats, feats[split.train], weights.values), out / "features_weighting.png"
+    )
+    plots.save_figure(pit_figure(split.z_test, variants), out / "pit.png")
+    plots.save_trace(idata, ["coef", "noise_coef"], out / "trace.png")
+    files += ["zphot_zspec.png", "features_weighting.png", "pit.png", "trace.png"]
+    return files
+
+
+def _stretch(z):
+    return np.log10(1 + np.asarray(z))
+
+
+def zphot_figure(z_test, variants, baseline) -> plt.Figure:
+    """z_phot against z_spec per variant on the seed's log(1 + z) axes, with 68 % error bars."""
+    names = [*variants, "hgb"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    ticks = np.array([0, 0.5, 1, 2, 3, 5, 7])
+    for ax, name in zip(axes[0], names, strict=True):
+        if name in variants:
+            s = prediction_summary(variants[name].samples)
+            zp = s["z_phot"]
+            err = np.clip([zp - s["z_lo68"], s["z_hi68"] - zp], 0, None)
+            ax.errorbar(
+                _stretch(z_test),
+                _stretch(zp),
+                yerr=[_stretch(zp) - _stretch(zp - err[0]), _stretch(zp + err[1]) - _stretch(zp)],
+                fmt="o",
+                ms=2,
+                alpha=0.25,
+                color="C0",
+                ecolor="C0",
+                elinewidth=0.5,
+            )
+        else:
+            zp = baseline[name]
+            ax.plot(_stretch(z_test), _stretch(zp), "o", ms=2, alpha=0.25, color="k")
+        dz = (zp - z_test) / (1 + z_test)
+        nmad = 1.4826 * np.median(np.abs(dz - np.median(dz)))
+        ax.plot(_stretch([0, 7]), _stretch([0, 7]), "--", color="0.5")
+        ax.set(
+            xticks=_stretch(ticks),
+            yticks=_stretch(ticks),
+            xticklabels=ticks,
+            yticklabels=ticks,
+            xlim=_stretch([0, 7]),
+            ylim=_stretch([0, 7]),
+            xlabel=r"$z_{\rm spec}$",
+            title=name,
+        )
+        ax.text(
+            0.05,
+            0.9,
+            f"$\\sigma_{{NMAD}}$ = {nmad:.3f}\nOLF = {np.mean(abs(dz) > 0.15):.3f}",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+        )
+    axes[0, 0].set_ylabel(r"$z_{\rm phot}$")
+    fig.tight_layout()
+    return fig
+
+
+def weighting_figure(X_pop, X_train, weights, *, labels=None) -> plt.Figure:
+    """Plot population, training and weighted-training feature histograms (the seed's check)."""
+    d = X_pop.shape[1]
+    labels = labels or ["F606W - F814W", "F814W - F125W", "F160W"][:d] + [
+        f"x{j}" for j in range(3, d)
+    ]
+    fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 3.0), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        lo, hi = np.percentile(X_pop[:, j], [0.1, 99.9])
+        bins = np.linspace(lo, hi, 26)
+        ax.hist(X_pop[:, j], bins, density=True, histtype="step", lw=2, label="population")
+        ax.hist(
+            X_train[:, j],
+            bins,
+            density=True,
+            histtype="step",
+            lw=2,
+            color="firebrick",
+            label="training",
+        )
+        ax.hist(
+            X_train[:, j],
+            bins,
+            density=True,
+            histtype="step",
+            lw=2,
+            color="firebrick",
+            ls="--",
+            weights=weights,
+            label="weighted training",
+        )
+        ax.set(xlabel=labels[j], ylabel="density")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pit_figure(z_test, variants) -> plt.Figure:
+    """PIT histograms per variant (flat when the predictive distributions are calibrated)."""
+    fig, axes = plt.subplots(1, len(variants), figsize=(3.0 * len(variants), 2.8), squeeze=False)
+    for ax, (name, v) in zip(axes[0], variants.items(), strict=True):
+        values = pit(z_spec=z_test, samples=v.samples)
+        ax.hist(values, bins=20, range=(0, 1), density=True, color="C0", alpha=0.7)
+        ax.axhline(1.0, color="k", ls="--")
+        ax.set(title=name, xlabel="PIT")
+    axes[0, 0].set_ylabel("density")
+    fig.tight_layout()
+    return fig
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Format the overall metrics table and the diagnostics, as printed at the end of a run."""
+    lines = [
+        f"catalogue: {report['catalogue']['galaxies']} galaxies, "
+        f"{report['catalogue']['training']} training, {report['catalogue']['test']} test "
+        f"({report['catalogue']['test_set']})",
+        f"mixtures: {report['mixtures']['components']} components; weights ESS "
+        f"{report['mixtures']['weights_ess']:.0f}, {report['mixtures']['weights_capped']} capped",
+        "",
+        f"{'variant':<16} {'sigma_NMAD':>10} {'bias':>8} {'outliers':>9} {'cov68':>6} {'cov95':>6}",
+    ]
+    for name, row in report["overall"].items():
+        c68 = row.get("coverage_68")
+        c95 = row.get("coverage_95")
+        cov = (
+            f"{c68:6.3f} {c95:6.3f}"
+            if c68 is not None and np.isfinite(c68)
+            else f"{'-':>6} {'-':>6}"
+        )
+        lines.append(
+            f"{name:<16} {row['sigma_nmad']:10.3f} {row['bias']:8.3f} "
+            f"{row['outlier_fraction']:9.3f} {cov}"
+        )
+    ok = report["diagnostics"]["ok"]
+    lines.append("")
+    lines.append(
+        f"convergence: {'ok' if ok else 'CHECK (see report.json)'}; "
+        f"{report['seconds']:.0f} s in all"
+    )
+    return "\n".join(lines)
