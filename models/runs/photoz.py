@@ -14,6 +14,7 @@ the report says the test set shares the training sample's bias.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
@@ -26,7 +27,7 @@ import pandas as pd
 import xarray as xr
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from data_tools._io import atomic_path
+from data_tools._io import atomic_path, atomic_write_text
 from data_tools.photoz import (
     BANDS,
     fit_mixtures,
@@ -49,7 +50,7 @@ from models.photoz import (
     predict,
     prediction_summary,
 )
-from models.runs._common import Progress, write_idata, write_standard_outputs
+from models.runs._common import Progress, _jsonable, write_idata, write_standard_outputs
 
 __all__ = ["MODES", "PhotozRunConfig", "run"]
 
@@ -186,7 +187,18 @@ class Variant:
     seconds: float = 0.0
 
 
-def _train_one(config, X, z, weights, rng, *, n_basis, errors):
+def _n_basis(config: PhotozRunConfig, weights: np.ndarray | None, n: int) -> int:
+    """At most one basis function per ten effective galaxies (and at least five).
+
+    A weighted training set of 1,200 galaxies with weights of ESS 88 carries the information of
+    88: fitting 40 functions to it under-estimated the noise (68 % intervals covered 48 %).
+    """
+    n_eff = n if weights is None else weights.sum() ** 2 / (weights**2).sum()
+    return int(min(config.basis, n, max(5, n_eff // 10)))
+
+
+def _train_one(config, X, z, weights, rng, *, errors):
+    n_basis = _n_basis(config, weights, z.size)
     basis = rbf_basis(X, z, n_basis, weights=weights, rng=rng)
     model = build_model(
         X,
@@ -215,9 +227,7 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
     (X, E), (X_test, E_test) = train, test
     w = weights if mode in ("weighted", "divide-weighted") else None
     if mode in ("simple", "weighted"):
-        model, idata = _train_one(
-            config, X, z_train, w, rng, n_basis=min(config.basis, z_train.size), errors=E
-        )
+        model, idata = _train_one(config, X, z_train, w, rng, errors=E)
         samples = predict(model, idata, X_test, noise_inputs=E_test, rng=rng).values
         return Variant(samples, [(model, idata)], seconds=time.perf_counter() - t0)
     fits, per_component, fitted = [], [], []
@@ -225,14 +235,12 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
         rows = np.flatnonzero(division.member[:, k])
         if rows.size < 20:
             continue
-        n_basis = min(config.basis, max(5, rows.size // 10))
         model, idata = _train_one(
             config,
             X[rows],
             z_train[rows],
             None if w is None else w[rows],
             rng,
-            n_basis=n_basis,
             errors=E[rows],
         )
         fits.append((model, idata))
@@ -344,6 +352,7 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
         )
         files = _write(out, config, split, cat, feats, weights, variants, baseline, table, report)
         report["files"] = files
+        atomic_write_text(out / "report.json", json.dumps(_jsonable(report), indent=2) + "\n")
     if not config.quiet:
         print(format_report(report), flush=True)
     return report
@@ -355,10 +364,8 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     if "simple" in variants:
         _, idata_h = variants["simple"].fits[0]
     else:
-        _, idata_h = _train_one(
-            config, X, z, None, rng, n_basis=min(config.basis, z.size), errors=E
-        )
-    basis = rbf_basis(X, z, min(config.basis, z.size), rng=rng)
+        _, idata_h = _train_one(config, X, z, None, rng, errors=E)
+    basis = rbf_basis(X, z, _n_basis(config, None, z.size), rng=rng)
     model_c = build_model(
         X, z, basis=basis, heteroscedastic=False, feature_names=feature_names(config.bands)
     )

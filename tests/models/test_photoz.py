@@ -185,3 +185,16 @@ def test_noise_inputs_enter_the_log_noise(toy):
         photoz.predict(model, idata, X[:5], noise_inputs=E[:5, :1])
     draws = photoz.predict(model, idata, X[:5], noise_inputs=E[:5] + 3.0, rng=0)
     assert draws.shape == (5, 1)
+
+
+def test_advi_starts_at_the_plug_in_fit_and_predicts(toy):
+    """pm.fit from the preconditioner's centre: the fitted mean stays near the ridge solution."""
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    idata = photoz.fit(model, method="advi", draws=100, chains=1, vi_steps=3000, rng=0)
+    assert idata["posterior"].sizes["draw"] == 100
+    assert idata["log_likelihood"]["log1pz"].shape[-1] == z.size
+    assert np.isfinite(idata.attrs["advi_loss"]).all()
+    draws = photoz.predict(model, idata, X[:40], rng=1)
+    rmse = np.sqrt(np.mean((np.log1p(draws.values.mean(axis=1)) - np.log1p(z[:40])) ** 2))
+    assert rmse < 0.1  # the toy's noise sd is 0.05
