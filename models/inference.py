@@ -44,6 +44,7 @@ def sample_posterior(
     adaptation: str | None = None,
     log_likelihood: bool = True,
     cores: int | None = None,
+    target_accept: float | None = None,
 ) -> xr.DataTree:
     """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
 
@@ -71,6 +72,9 @@ def sample_posterior(
     cores
         Chains run in parallel on this many cores (default: one per chain, up to the CPU
         count); calibration workers use 1.
+    target_accept
+        Target acceptance rate of the step-size adaptation (default: the sampler's, 0.8);
+        higher means smaller steps, for posteriors with narrow ridges.
 
     Returns
     -------
@@ -85,11 +89,22 @@ def sample_posterior(
     if cores is None:
         cores = max(1, min(chains, os.cpu_count() or 1))
     cores = as_int("cores", cores)
+    if target_accept is not None and not 0 < target_accept < 1:
+        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}.")
     with warnings.catch_warnings():
         # numba declines to disk-cache graphs that embed large data arrays: a recompile, no more.
         warnings.filterwarnings("ignore", message="Cannot cache compiled function")
         idata = _sample(
-            model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation
+            model,
+            draws,
+            tune,
+            chains,
+            cores,
+            seeds,
+            var_names,
+            progressbar,
+            adaptation,
+            target_accept,
         )
         if log_likelihood:
             pm.compute_log_likelihood(idata, model=model, progressbar=False)
@@ -156,7 +171,12 @@ def sample_compiled(
         )
 
 
-def _sample(model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation):
+def _sample(
+    model, draws, tune, chains, cores, seeds, var_names, progressbar, adaptation, target_accept
+):
+    nuts = {"adaptation": adaptation} if adaptation else {}
+    if target_accept is not None:
+        nuts["target_accept"] = float(target_accept)
     return pm.sample(
         draws=draws,
         tune=int(tune),
@@ -166,7 +186,7 @@ def _sample(model, draws, tune, chains, cores, seeds, var_names, progressbar, ad
         var_names=list(var_names) if var_names is not None else None,
         progressbar=progressbar,
         model=model,
-        **({"nuts": {"adaptation": adaptation}} if adaptation else {}),
+        **({"nuts": nuts} if nuts else {}),
     )
 
 

@@ -28,16 +28,18 @@ def toy():
     return X, z, basis, weights
 
 
-def _posterior(model, coef, noise_coef):
-    """A one-draw posterior holding the given coefficients."""
+def _posterior(model, coef, noise_coef, *, n_draws=1, **scalars):
+    """A posterior of ``n_draws`` identical draws holding the given parameter values."""
+    ones = np.ones((1, n_draws))
     post = xr.Dataset(
         {
-            "coef": (("chain", "draw", "term"), coef[None, None]),
-            "noise_coef": (("chain", "draw", "noise_term"), noise_coef[None, None]),
-        },
+            "coef": (("chain", "draw", "term"), ones[..., None] * coef),
+            "noise_coef": (("chain", "draw", "noise_term"), ones[..., None] * noise_coef),
+        }
+        | {k: (("chain", "draw"), v * ones) for k, v in scalars.items()},
         coords={
             "chain": [0],
-            "draw": [0],
+            "draw": np.arange(n_draws),
             "term": list(model.coords["term"]),
             "noise_term": list(model.coords["noise_term"]),
         },
@@ -61,7 +63,7 @@ def test_pointwise_loglik_against_scipy(toy):
     model = photoz.build_model(X, z, basis=basis, weights=weights)
     rng = np.random.default_rng(5)
     coef, noise_coef = rng.normal(0, 0.3, 11), rng.normal(-1.5, 0.6, 3)
-    noise_coef[1] = 2.0  # some galaxies reach the cap s <= 1
+    noise_coef[1] = 3.0  # some galaxies near the cap s / (1 + s) -> 1
     idata = _posterior(model, coef, noise_coef)
     pm.compute_log_likelihood(idata, model=model, progressbar=False)
     got = idata["log_likelihood"]["log1pz"].values[0, 0]
@@ -69,11 +71,37 @@ def test_pointwise_loglik_against_scipy(toy):
     terms = np.column_stack([np.ones(z.size), Xs, basis.design(X)])
     w = weights * weights.sum() / (weights**2).sum()
     assert w.sum() == pytest.approx(weights.sum() ** 2 / (weights**2).sum())
-    s = np.minimum(np.exp(terms[:, :3] @ noise_coef), 1.0)
-    assert (s == 1.0).any() and (s < 0.2).any()
+    s = np.exp(terms[:, :3] @ noise_coef)
+    s = s / (1 + s)
+    assert (s > 0.9).any() and (s < 0.2).any()
     sigma = np.sqrt(photoz.NOISE_FLOOR**2 + s**2)
     ref = w * stats.norm.logpdf(np.log1p(z), terms @ coef, sigma)
     np.testing.assert_allclose(got, ref, rtol=1e-9)
+
+
+def test_student_t_loglik_against_scipy_and_its_draws(toy):
+    """log L_i = w_i log t_nu(ln(1+z_i) | mu_i, sigma_i); predictive draws have t quantiles."""
+    X, z, basis, weights = toy
+    model = photoz.build_model(X, z, basis=basis, weights=weights, likelihood="student_t")
+    assert "nu" in model.named_vars
+    rng = np.random.default_rng(11)
+    coef, noise_coef = rng.normal(0, 0.3, 11), np.array([-1.5, 0.4, -0.3])
+    idata = _posterior(model, coef, noise_coef, nu=3.5)
+    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    Xs = (X - basis.feature_center) / basis.feature_scale
+    terms = np.column_stack([np.ones(z.size), Xs, basis.design(X)])
+    s = np.exp(terms[:, :3] @ noise_coef)
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
+    w = weights * weights.sum() / (weights**2).sum()
+    ref = w * stats.t.logpdf(np.log1p(z), 3.5, terms @ coef, sigma)
+    np.testing.assert_allclose(idata["log_likelihood"]["log1pz"].values[0, 0], ref, rtol=1e-9)
+    # 4,000 predictive draws for one galaxy: quartiles of ln(1+z) match the t's
+    many = _posterior(model, coef, noise_coef, n_draws=4000, nu=3.5)
+    draws = photoz.predict(model, many, X[:1], rng=3).values[0]
+    mu0, s0 = (terms @ coef)[0], sigma[0]
+    got = np.quantile(np.log1p(draws), [0.05, 0.25, 0.75, 0.95])
+    want = stats.t.ppf([0.05, 0.25, 0.75, 0.95], 3.5, mu0, s0)
+    np.testing.assert_allclose(got, want, atol=0.12 * s0)
 
 
 def test_preconditioner_changes_no_posterior(toy):
@@ -154,9 +182,13 @@ def test_bad_input(toy):
         photoz.build_model(X, z, basis=basis, weights=weights[:3])
     with pytest.raises(ValueError, match="features has 120 rows but z_spec has 119"):
         photoz.build_model(X, z[1:], basis=basis)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        photoz.build_model(X, z, basis=basis, likelihood="cauchy")
     model = photoz.build_model(X, z, basis=basis)
     with pytest.raises(ValueError, match="method must be 'nuts' or 'advi'"):
         photoz.fit(model, method="mcmc")
+    with pytest.raises(ValueError, match=r"target_accept must be in \(0, 1\), got 1.5"):
+        photoz.fit(model, target_accept=1.5)
     with pytest.raises(ValueError, match=r"responsibility has shape \(2, 2\)"):
         photoz.combine_divided([np.ones((2, 3))] * 3, np.ones((2, 2)))
 
@@ -176,7 +208,7 @@ def test_noise_inputs_enter_the_log_noise(toy):
     s = np.exp(noise_coef[0] + Xs @ noise_coef[1:3] + Es @ noise_coef[3:])
     terms = np.column_stack([np.ones(z.size), Xs, basis.design(X)])
     ref = stats.norm.logpdf(
-        np.log1p(z), terms @ coef, np.sqrt(photoz.NOISE_FLOOR**2 + np.minimum(s, 1) ** 2)
+        np.log1p(z), terms @ coef, np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
     )
     np.testing.assert_allclose(idata["log_likelihood"]["log1pz"].values[0, 0], ref, rtol=1e-9)
     with pytest.raises(ValueError, match="pass noise_inputs for the new galaxies"):
