@@ -120,6 +120,23 @@ CASES: dict[str, Case] = {
         {"small": "200 events, 5 h at the GC", "medium": "500 events (the seed's), 5 h at the GC"},
         "models.runs.sbc:gamma_dm_replicate",
     ),
+    "photoz": Case(
+        "photoz",
+        (
+            "intercept",
+            "slope_F814W-F125W",
+            "slope_F160W",
+            "basis_weight_0",
+            "log_noise",
+            "noise_slope_F160W",
+            "noise_slope_ln_err_F160W",
+        ),
+        {
+            "small": "deep field of 1,500 galaxies (about 250 fitted), 10 basis functions",
+            "medium": "deep field of 6,000 galaxies (about 1,000 fitted), 30 basis functions",
+        },
+        "models.runs.sbc:photoz_replicate",
+    ),
 }
 """The use cases SBC knows, by command-line name."""
 

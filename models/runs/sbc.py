@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "gamma_dm_replicate",
     "mass_luminosity_replicate",
     "neutrino_replicate",
+    "photoz_replicate",
     "run",
 ]
 
@@ -48,6 +50,20 @@ NU_EVENTS = {"small": 20_000, "medium": 100_000}
 GAMMA_EVENTS = {"small": 200, "medium": 500}
 """Measured events of the gamma-ray DM search (the seed's geometry, 5 h at the GC), by size."""
 GAMMA_PARAMETERS = ("signal_fraction", "log10_mass", "cosmic_rays", "local_sources", "diffuse")
+PHOTOZ_GALAXIES = {"small": 1_500, "medium": 6_000}
+"""Galaxies per simulated deep field (about a sixth have a spectrum and are fitted), by size."""
+PHOTOZ_BASIS = {"small": 10, "medium": 30}
+PHOTOZ_PARAMETERS = {
+    # name in the SBC summary: (variable, coordinate)
+    "intercept": ("coef", "intercept"),
+    "slope_F814W-F125W": ("coef", "F814W-F125W"),
+    "slope_F160W": ("coef", "F160W"),
+    "basis_weight_0": ("coef", "basis0"),
+    "log_noise": ("noise_coef", "intercept"),
+    "noise_slope_F160W": ("noise_coef", "F160W"),
+    "noise_slope_ln_err_F160W": ("noise_coef", "ln err F160W"),
+}
+"""The photo-z coefficients SBC ranks (of 15 + 9 at the small size), by summary name."""
 
 
 def _prior_draws(factories: dict[str, Any], names, rng: np.random.Generator) -> dict[str, float]:
@@ -229,6 +245,115 @@ def gamma_dm_replicate(
     for k in BACKGROUNDS:
         draws_[k] = post["background_split"].sel(background=k).values
     names = ["signal_fraction", "log10_mass", "background_split"]
+    return FitResult(truth, draws_, convergence(idata, names))
+
+
+def _photoz_inputs(cat, basis, model) -> dict[str, np.ndarray]:
+    """Return the spectroscopic galaxies of ``cat`` as the model's data, on the template's basis."""
+    from data_tools.photoz import BANDS
+    from models.runs.photoz import regression_features
+
+    spec = np.isfinite(cat["z_spec"].to_numpy())
+    X = regression_features(cat, BANDS)[spec]
+    E = np.log(cat[[f"lupterr_{b}" for b in BANDS]].to_numpy())[spec]
+    Es = (E - model["noise_input_center"].get_value()) / model["noise_input_scale"].get_value()
+    Xs = basis.scale(X, "features")
+    return {
+        "design": basis.design(X, "features"),
+        "scaled_features": Xs,
+        "noise_features": np.column_stack([Xs, Es]),
+        "weight": np.ones(spec.sum()),
+    }
+
+
+@functools.cache
+def _photoz_setup(size: str, likelihood: str):
+    """Return the template model (basis and priors fixed), built and compiled once per worker.
+
+    The template is one simulated deep field with a fixed seed: its spectroscopic galaxies
+    fix the basis functions (k-means centres, length scales) and the priors' scales, as a user's
+    training set would. Every replicate then simulates a new deep field and draws new
+    parameters from these fixed priors, so the prior that generates is the prior that fits.
+    """
+    import nutpie
+
+    from data_tools.photoz import BANDS, rbf_basis, simulate_galaxy_catalog
+    from models.photoz import build_model
+    from models.runs.photoz import feature_names, regression_features
+
+    cat = simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=20261)
+    spec = np.isfinite(cat["z_spec"].to_numpy())
+    X = regression_features(cat, BANDS)[spec]
+    E = np.log(cat[[f"lupterr_{b}" for b in BANDS]].to_numpy())[spec]
+    z = cat["z_spec"].to_numpy()[spec]
+    basis = rbf_basis(X, z, PHOTOZ_BASIS[size], rng=20262)
+    model = build_model(
+        X,
+        z,
+        basis=basis,
+        likelihood=likelihood,
+        noise_inputs=E,
+        feature_names=feature_names(BANDS),
+        noise_input_names=[f"ln err {b}" for b in BANDS],
+    )
+    return basis, model, nutpie.compile_pymc_model(model)
+
+
+def photoz_replicate(
+    seed: np.random.SeedSequence,
+    *,
+    size: str = "small",
+    likelihood: str = "normal",
+    draws: int = 500,
+    tune: int = 500,
+) -> FitResult:
+    """One SBC replicate of the photo-z regression (heteroscedastic, unweighted).
+
+    A new deep field of :data:`PHOTOZ_GALAXIES` ``[size]`` galaxies is simulated; its
+    spectroscopic galaxies, on the template's basis functions (:func:`_photoz_setup`), are the
+    design. The coefficients and then every galaxy's ``ln(1 + z)`` are drawn from the model
+    itself (``pm.draw`` of its prior and likelihood), and the model is refitted to them through
+    the compiled template (nutpie ``with_data``). The simulated targets are the model's, not the
+    catalogue's redshifts: SBC checks the model and sampler, not the templates. (Weighted fits
+    are not generative models, so they cannot be calibrated this way.)
+    """
+    import pymc as pm
+
+    from data_tools.photoz import simulate_galaxy_catalog
+
+    rng = np.random.default_rng(seed)
+    basis, model, compiled = _photoz_setup(size, likelihood)
+    cat = simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng)
+    data = _photoz_inputs(cat, basis, model)
+    names = ["coef", "noise_coef"] + (["nu"] if likelihood == "student_t" else [])
+    n = data["weight"].size
+    saved = {k: model[k].get_value() for k in [*data, "log1pz_observed"]}
+    saved_ids = model.coords["galaxy"]
+    try:
+        pm.set_data(
+            data | {"log1pz_observed": np.zeros(n)}, model=model, coords={"galaxy": np.arange(n)}
+        )
+        with warnings.catch_warnings():
+            # the likelihood's random is numpy code, which numba runs in object mode: intended
+            warnings.filterwarnings("ignore", message="Numba will use object mode")
+            *params, y = pm.draw(
+                [model[v] for v in names] + [model["log1pz"]],
+                random_seed=int(rng.integers(2**31)),
+            )
+    finally:
+        pm.set_data(saved, model=model, coords={"galaxy": saved_ids})
+    value = dict(zip(names, params, strict=True))
+    idata = sample_compiled(
+        compiled, data=data | {"log1pz_observed": y}, draws=draws, tune=tune, rng=rng
+    )
+    post = idata["posterior"]
+    coords = {v: list(model.coords[model.named_vars_to_dims[v][0]]) for v in names if v != "nu"}
+    truth, draws_ = {}, {}
+    for key, (var, label) in PHOTOZ_PARAMETERS.items():
+        truth[key] = float(value[var][coords[var].index(label)])
+        draws_[key] = post[var].values[..., coords[var].index(label)]
+    if likelihood == "student_t":
+        truth["nu"], draws_["nu"] = float(value["nu"]), post["nu"].values
     return FitResult(truth, draws_, convergence(idata, names))
 
 
