@@ -174,7 +174,7 @@ class NormalLogSumExp(Op):
         for storage, value in zip(output_storage, results, strict=True):
             storage[0] = value
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, node, shapes):
         return [shapes[1]] * 3
 
     def pullback(self, inputs, outputs, output_grads):
