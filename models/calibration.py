@@ -105,7 +105,11 @@ CASES: dict[str, Case] = {
     "mass-luminosity": Case(
         "mass-luminosity",
         ("alpha1", "alpha2", "alpha4", "S"),
-        {"small": "300 halos", "medium": "2,000 halos"},
+        {
+            "small": "300 halos",
+            "medium": "2,000 halos",
+            "full": "115,919 halos, the original catalogue's size (method=adaptive)",
+        },
         "models.runs.sbc:mass_luminosity_replicate",
     ),
     "neutrino": Case(
@@ -392,9 +396,11 @@ def summarise(
         Over ``replicate`` x ``parameter``: ``truth``, ``rank``, ``pit``, ``post_mean``,
         ``post_sd``, ``in50``, ``in90``; over ``replicate``: ``max_r_hat``, ``divergences``,
         ``seconds``; over ``parameter``: ``p_uniform`` (PIT-ECDF test, ``pot_c``),
-        ``p_chi2`` (rank histogram, ``n_bins`` bins), ``coverage50``, ``coverage90`` and
-        ``passed``. Attributes: counts of replicates (``n_ok``, ``n_failed``,
-        ``n_not_converged``), the p-value threshold, the failures' errors and the settings.
+        ``p_chi2`` (rank histogram, ``n_bins`` bins), ``coverage50``, ``coverage90``,
+        ``passed``, and the recovery z-scores ``(post_mean - truth) / post_sd``: their mean
+        ``z_mean`` and largest magnitude ``z_max_abs``. Attributes: counts of replicates
+        (``n_ok``, ``n_failed``, ``n_not_converged``), the p-value threshold, the failures'
+        errors and the settings.
     """
     from arviz_stats.base import array_stats
     from scipy.stats import chisquare
@@ -441,6 +447,10 @@ def summarise(
     ds["coverage50"] = ("parameter", ds["in50"].mean("replicate").values)
     ds["coverage90"] = ("parameter", ds["in90"].mean("replicate").values)
     ds["passed"] = ("parameter", p_unif >= threshold)
+    # parameter recovery: how far each posterior mean lies from the truth, in posterior sds
+    z = (ds["post_mean"] - ds["truth"]) / ds["post_sd"]
+    ds["z_mean"] = ("parameter", z.mean("replicate").values)
+    ds["z_max_abs"] = ("parameter", np.abs(z).max("replicate").values)
     not_converged = int(np.sum((ds["max_r_hat"].values > 1.01) | (ds["divergences"].values > 0)))
     ds.attrs = {
         "n_replicates": len(records),
@@ -456,7 +466,7 @@ def summarise(
 
 
 def verdicts(summary: xr.Dataset) -> list[str]:
-    """One line per parameter: pass/FAIL, the p-values and the interval coverage."""
+    """One line per parameter: pass/FAIL, the p-values, the interval coverage, the z-scores."""
     lines = []
     n = summary.attrs["n_ok"]
     for p in summary["parameter"].values:
@@ -466,7 +476,8 @@ def verdicts(summary: xr.Dataset) -> list[str]:
             f"{word}  {p}: uniformity p = {float(s['p_uniform']):.3g} (threshold "
             f"{summary.attrs['p_threshold']:.2g}), rank chi2 p = {float(s['p_chi2']):.3g}, "
             f"50% interval covers {100 * float(s['coverage50']):.0f}%, 90% covers "
-            f"{100 * float(s['coverage90']):.0f}% of {n}"
+            f"{100 * float(s['coverage90']):.0f}% of {n}; z-score mean "
+            f"{float(s['z_mean']):+.2f}, max |z| {float(s['z_max_abs']):.2f}"
         )
     return lines
 
@@ -484,7 +495,15 @@ def write_outputs(summary: xr.Dataset, out: str | os.PathLike[str]) -> list[str]
     per_param = {
         str(p): {
             k: _plain(summary[k].sel(parameter=p).values.item())
-            for k in ("p_uniform", "p_chi2", "coverage50", "coverage90", "passed")
+            for k in (
+                "p_uniform",
+                "p_chi2",
+                "coverage50",
+                "coverage90",
+                "z_mean",
+                "z_max_abs",
+                "passed",
+            )
         }
         for p in summary["parameter"].values
     }

@@ -267,10 +267,11 @@ def _parser() -> argparse.ArgumentParser:
     sbc.add_argument("--replicates", type=_positive_int, default=100)
     sbc.add_argument(
         "--size",
-        choices=("small", "medium"),
+        choices=("small", "medium", "full"),
         default="small",
-        help="mass-luminosity: 300 or 2,000 halos; neutrino: 20,000 or 100,000 simulated "
-        "events; gamma-dm: 200 or 500 measured events",
+        help="mass-luminosity: 300, 2,000 or 115,919 (full) halos; neutrino: 20,000 or "
+        "100,000 simulated events; gamma-dm: 200 or 500 measured events; photoz: deep fields "
+        "of 1,500 or 6,000 galaxies",
     )
     sbc.add_argument("--out", type=Path, default=None, help="default results/sbc/<use case>-<size>")
     sbc.add_argument("--seed", type=int, default=0, help="replicate i uses SeedSequence(seed, i)")
@@ -290,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="passed to the use case's replicate, e.g. fit_sigma_obs=0.15 (a mis-specified "
-        "mass-luminosity fit), method=importance, priors=original, likelihood=effective",
+        "mass-luminosity fit), method=importance|adaptive, priors=original, "
+        "truth=hyper-seed (parameter recovery at fixed truths), likelihood=effective",
     )
     sbc.add_argument("--quiet", action="store_true", help="no progress or verdicts on stdout")
     return parser

@@ -63,6 +63,11 @@ def test_summary_passes_uniform_ranks_and_counts_failures():
     assert float(s["p_uniform"].sel(parameter="a")) > 0.01
     assert float(s["coverage90"].sel(parameter="a")) == pytest.approx(0.9, abs=0.06)
     assert verdicts(s)[0].startswith("pass  a:")
+    # recovery z-scores: (posterior mean 0 - truth) / posterior sd 1, over the ok replicates
+    truths = np.array([r["truth"]["a"] for r in _records(pits)])
+    assert float(s["z_mean"].sel(parameter="a")) == pytest.approx(-truths.mean(), rel=1e-12)
+    assert float(s["z_max_abs"].sel(parameter="a")) == pytest.approx(np.abs(truths).max())
+    assert f"max |z| {np.abs(truths).max():.2f}" in verdicts(s)[0]
 
 
 @pytest.mark.parametrize("transform", [lambda u: u**1.5, lambda u: 0.5 + 0.6 * (u - 0.5)])
@@ -125,6 +130,21 @@ def test_bad_arguments_are_named(toy):
         run_sbc("toy", 0, out=toy / "x")
     with pytest.raises(TypeError, match="replicates must be an int"):
         run_sbc("toy", 2.5, out=toy / "x")
+
+
+def test_recovery_options_of_the_mass_luminosity_case():
+    """Fixed truths are the hyper-seed; a global grid at full size is refused before any work."""
+    from data_tools.halos import HYPER_SEED
+    from models.runs.sbc import mass_luminosity_replicate
+
+    with pytest.raises(ValueError, match="pass --option method=adaptive"):
+        mass_luminosity_replicate(np.random.SeedSequence(0), size="full", truth="hyper-seed")
+    with pytest.raises(ValueError, match="truth must be 'prior' or 'hyper-seed'"):
+        mass_luminosity_replicate(np.random.SeedSequence(0), truth="fixed")
+    with pytest.raises(ValueError, match="method must be 'quadrature', 'importance' or"):
+        mass_luminosity_replicate(np.random.SeedSequence(0), method="grid")
+    assert calibration.CASES["mass-luminosity"].sizes.keys() >= {"small", "medium", "full"}
+    assert set(HYPER_SEED) == set(calibration.CASES["mass-luminosity"].parameters)
 
 
 def test_cases_cover_their_parameters():
