@@ -66,7 +66,14 @@ from pymc.logprob.transforms import Transform
 from data_tools.checks import as_finite_array, as_int
 from data_tools.photoz import RBFBasis
 
-__all__ = ["build_model", "combine_divided", "fit", "predict", "prediction_summary"]
+__all__ = [
+    "build_model",
+    "combine_divided",
+    "fit",
+    "galaxy_data",
+    "predict",
+    "prediction_summary",
+]
 
 _DATA = ("design", "scaled_features", "noise_features", "log1pz_observed", "weight")
 NOISE_FLOOR = 0.02
@@ -423,6 +430,56 @@ def fit(
     return idata
 
 
+def galaxy_data(
+    model: pm.Model, features: Any, *, noise_inputs: Any = None, clip: bool = False
+) -> dict[str, np.ndarray]:
+    """Return the model's per-galaxy data containers for new galaxies (all but the targets).
+
+    Features and noise inputs are scaled and expanded on the model's own basis, with the
+    training set's scalings stored in the model. With ``clip`` the mean's linear terms stop at
+    the edge of the training features (for prediction: a faint galaxy far outside them would
+    otherwise get an extrapolated redshift); the noise is never clipped, so such galaxies get
+    wide intervals. Weights are 1.
+
+    Returns
+    -------
+    dict
+        ``design``, ``scaled_features``, ``noise_features`` and ``weight``, for ``pm.set_data``
+        or nutpie's ``with_data``.
+    """
+    X = as_finite_array("features", features, ndim=2)
+    basis = RBFBasis(
+        feature_center=model["feature_center"].get_value(),
+        feature_scale=model["feature_scale"].get_value(),
+        centers=model["basis_center"].get_value(),
+        length_scales=model["basis_length_scale"].get_value(),
+    )
+    n_extra = len(model.coords["noise_input"]) - X.shape[1]
+    if n_extra > 0 and noise_inputs is None:
+        raise ValueError(
+            f"the model's noise uses {n_extra} extra input(s); pass noise_inputs for the new "
+            f"galaxies (the same quantities as in build_model)."
+        )
+    U = (
+        np.zeros((X.shape[0], 0))
+        if n_extra <= 0
+        else as_finite_array("noise_inputs", noise_inputs, ndim=2)
+    )
+    if U.shape != (X.shape[0], max(n_extra, 0)):
+        raise ValueError(
+            f"noise_inputs has shape {U.shape}, expected {(X.shape[0], max(n_extra, 0))}."
+        )
+    Us = (U - model["noise_input_center"].get_value()) / model["noise_input_scale"].get_value()
+    Xs = basis.scale(X, "features")
+    low, high = model["scaled_low"].get_value(), model["scaled_high"].get_value()
+    return {
+        "design": basis.design(X, "features"),
+        "scaled_features": np.clip(Xs, low, high) if clip else Xs,
+        "noise_features": np.column_stack([Xs, Us]),
+        "weight": np.ones(X.shape[0]),
+    }
+
+
 def predict(
     model: pm.Model,
     idata: xr.DataTree,
@@ -448,48 +505,14 @@ def predict(
     xarray.DataArray
         Predictive draws of ``z``, dims ``(galaxy, sample)``, one per posterior draw.
     """
-    X = as_finite_array("features", features, ndim=2)
-    basis = RBFBasis(
-        feature_center=model["feature_center"].get_value(),
-        feature_scale=model["feature_scale"].get_value(),
-        centers=model["basis_center"].get_value(),
-        length_scales=model["basis_length_scale"].get_value(),
-    )
-    n_extra = len(model.coords["noise_input"]) - X.shape[1]
-    if n_extra > 0 and noise_inputs is None:
-        raise ValueError(
-            f"the model's noise uses {n_extra} extra input(s); pass noise_inputs for the new "
-            f"galaxies (the same quantities as in build_model)."
-        )
-    U = (
-        np.zeros((X.shape[0], 0))
-        if n_extra <= 0
-        else as_finite_array("noise_inputs", noise_inputs, ndim=2)
-    )
-    if U.shape != (X.shape[0], max(n_extra, 0)):
-        raise ValueError(
-            f"noise_inputs has shape {U.shape}, expected {(X.shape[0], max(n_extra, 0))}."
-        )
-    Us = (U - model["noise_input_center"].get_value()) / model["noise_input_scale"].get_value()
-    ids = np.arange(X.shape[0]) if galaxy_ids is None else np.asarray(galaxy_ids)
+    data = galaxy_data(model, features, noise_inputs=noise_inputs, clip=True)
+    n = data["weight"].size
+    ids = np.arange(n) if galaxy_ids is None else np.asarray(galaxy_ids)
     saved = {name: model[name].get_value() for name in _DATA}
     saved_ids = model.coords["galaxy"]
     try:
         pm.set_data(
-            {
-                "design": basis.design(X, "features"),
-                # The mean's linear terms stop at the edge of the training features (a faint
-                # galaxy far outside them would otherwise get an extrapolated redshift); the
-                # noise keeps growing, so such galaxies get wide intervals.
-                "scaled_features": np.clip(
-                    basis.scale(X, "features"),
-                    model["scaled_low"].get_value(),
-                    model["scaled_high"].get_value(),
-                ),
-                "noise_features": np.column_stack([basis.scale(X, "features"), Us]),
-                "log1pz_observed": np.zeros(X.shape[0]),
-                "weight": np.ones(X.shape[0]),
-            },
+            data | {"log1pz_observed": np.zeros(n)},
             model=model,
             coords={"galaxy": ids},
         )

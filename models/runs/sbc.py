@@ -274,22 +274,15 @@ def gamma_dm_replicate(
     return FitResult(truth, draws_, convergence(idata, names))
 
 
-def _photoz_inputs(cat, basis, model) -> dict[str, np.ndarray]:
-    """Return the spectroscopic galaxies of ``cat`` as the model's data, on the template's basis."""
+def _photoz_spectra(cat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the spectroscopic galaxies' regression features, ln magnitude errors and z."""
     from data_tools.photoz import BANDS
     from models.runs.photoz import regression_features
 
     spec = np.isfinite(cat["z_spec"].to_numpy())
     X = regression_features(cat, BANDS)[spec]
     E = np.log(cat[[f"lupterr_{b}" for b in BANDS]].to_numpy())[spec]
-    Es = (E - model["noise_input_center"].get_value()) / model["noise_input_scale"].get_value()
-    Xs = basis.scale(X, "features")
-    return {
-        "design": basis.design(X, "features"),
-        "scaled_features": Xs,
-        "noise_features": np.column_stack([Xs, Es]),
-        "weight": np.ones(spec.sum()),
-    }
+    return X, E, cat["z_spec"].to_numpy()[spec]
 
 
 @functools.cache
@@ -305,13 +298,9 @@ def _photoz_setup(size: str, likelihood: str):
 
     from data_tools.photoz import BANDS, rbf_basis, simulate_galaxy_catalog
     from models.photoz import build_model
-    from models.runs.photoz import feature_names, regression_features
+    from models.runs.photoz import feature_names
 
-    cat = simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=20261)
-    spec = np.isfinite(cat["z_spec"].to_numpy())
-    X = regression_features(cat, BANDS)[spec]
-    E = np.log(cat[[f"lupterr_{b}" for b in BANDS]].to_numpy())[spec]
-    z = cat["z_spec"].to_numpy()[spec]
+    X, E, z = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=20261))
     basis = rbf_basis(X, z, PHOTOZ_BASIS[size], rng=20262)
     model = build_model(
         X,
@@ -322,7 +311,7 @@ def _photoz_setup(size: str, likelihood: str):
         feature_names=feature_names(BANDS),
         noise_input_names=[f"ln err {b}" for b in BANDS],
     )
-    return basis, model, nutpie.compile_pymc_model(model)
+    return model, nutpie.compile_pymc_model(model)
 
 
 def photoz_replicate(
@@ -346,11 +335,12 @@ def photoz_replicate(
     import pymc as pm
 
     from data_tools.photoz import simulate_galaxy_catalog
+    from models.photoz import galaxy_data
 
     rng = np.random.default_rng(seed)
-    basis, model, compiled = _photoz_setup(size, likelihood)
-    cat = simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng)
-    data = _photoz_inputs(cat, basis, model)
+    model, compiled = _photoz_setup(size, likelihood)
+    X, E, _ = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng))
+    data = galaxy_data(model, X, noise_inputs=E)
     names = ["coef", "noise_coef"] + (["nu"] if likelihood == "student_t" else [])
     n = data["weight"].size
     saved = {k: model[k].get_value() for k in [*data, "log1pz_observed"]}

@@ -193,6 +193,18 @@ def test_bad_input(toy):
         photoz.combine_divided([np.ones((2, 3))] * 3, np.ones((2, 2)))
 
 
+def test_galaxy_data_of_the_training_set_is_the_models_own(toy):
+    """Rebuilt from the stored scalings, the training galaxies' containers are the model's."""
+    X, z, basis, _ = toy
+    E = np.random.default_rng(12).normal(-3.0, 0.5, size=(z.size, 2))
+    model = photoz.build_model(X, z, basis=basis, noise_inputs=E)
+    data = photoz.galaxy_data(model, X, noise_inputs=E)
+    for name, value in data.items():
+        np.testing.assert_allclose(value, model[name].get_value(), rtol=1e-12, err_msg=name)
+    far = photoz.galaxy_data(model, X * 10, noise_inputs=E, clip=True)["scaled_features"]
+    np.testing.assert_allclose(far.max(axis=0), model["scaled_high"].get_value())
+
+
 def test_noise_inputs_enter_the_log_noise(toy):
     """ln s_i = c + x_i . g + u_i . h with u the robust-scaled noise inputs; predict needs them."""
     X, z, basis, _ = toy
