@@ -77,6 +77,7 @@ __all__ = [
     "Weights",
     "band_fluxes",
     "coverage",
+    "feature_covariance",
     "feature_divergence",
     "fit_mixtures",
     "gmm_divide",
@@ -499,6 +500,30 @@ def gmm_features(
     cols = [catalog[f"lupt_{a}"] - catalog[f"lupt_{b}"] for a, b in colours]
     cols += [catalog[f"lupt_{m}"] for m in magnitudes]
     return np.column_stack([np.asarray(c, dtype=float) for c in cols])
+
+
+def feature_covariance(
+    catalog: pd.DataFrame,
+    *,
+    colours: Sequence[tuple[str, str]] = (("F606W", "F814W"), ("F814W", "F125W")),
+    magnitudes: Sequence[str] = ("F160W",),
+) -> np.ndarray:
+    """Per-galaxy covariance of the :func:`gmm_features` from the luptitude errors.
+
+    The features are linear in the band luptitudes, ``f = A m``, and the bands' errors are
+    independent, so ``cov(f) = A diag(sigma_m^2) A^T``: a colour's variance is the sum of its
+    bands', and two colours sharing a band are correlated through it. Shape
+    ``(n, n_feature, n_feature)``, for ``build_model(feature_errors=...)``.
+    """
+    bands = list(dict.fromkeys([b for pair in colours for b in pair] + list(magnitudes)))
+    A = np.zeros((len(colours) + len(magnitudes), len(bands)))
+    for k, (a, b) in enumerate(colours):
+        A[k, bands.index(a)], A[k, bands.index(b)] = 1.0, -1.0
+    for k, m in enumerate(magnitudes, start=len(colours)):
+        A[k, bands.index(m)] = 1.0
+    err = np.column_stack([np.asarray(catalog[f"lupterr_{b}"], dtype=float) for b in bands])
+    err = as_finite_array("luptitude errors", err, ndim=2, nonnegative=True)
+    return np.einsum("kb,nb,lb->nkl", A, err**2, A)
 
 
 # --- Gaussian mixtures ---------------------------------------------------------------------

@@ -192,6 +192,14 @@ def _parser() -> argparse.ArgumentParser:
         help="divide membership threshold (0.2, as the guide)",
     )
     pz.add_argument("--max-weight", type=float, default=100.0, help="cap on the weights (100)")
+    pz.add_argument(
+        "--photometric-errors",
+        choices=("propagate", "noise-inputs", "ignore"),
+        default="propagate",
+        help="how the magnitude errors widen the predictions: propagated through the fitted "
+        "colour-redshift relation (GPz's input noise, default), as inputs of the log-noise "
+        "(GPz++), or not at all",
+    )
     pz.add_argument("--basis", type=_positive_int, default=100, help="basis functions (100)")
     pz.add_argument(
         "--method",

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -30,6 +30,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from data_tools._io import atomic_path, atomic_write_text
 from data_tools.photoz import (
     BANDS,
+    feature_covariance,
     fit_mixtures,
     gmm_divide,
     gmm_features,
@@ -57,6 +58,9 @@ __all__ = ["MODES", "PhotozRunConfig", "run"]
 MODES = ("simple", "weighted", "divide", "divide-weighted")
 MAGNITUDE_EDGES = (-np.inf, 24.0, 25.5, 26.5, np.inf)
 REDSHIFT_EDGES = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0, np.inf)
+PHOTOMETRIC_ERRORS = ("propagate", "noise-inputs", "ignore")
+"""How the luptitude errors enter the regression: propagated through the mean to the noise
+(GPz's input-noise term), as extra inputs of the log-noise (GPz++), or not at all."""
 NUTS_LIMIT = 5000
 """Training sets up to this size are fitted with NUTS by ``method="auto"``; larger with ADVI."""
 
@@ -84,6 +88,7 @@ class PhotozRunConfig:
     err_prefix: str = "lupterr_"
     z_column: str = "z_spec"
     compare: bool = True
+    photometric_errors: str = "propagate"
     quiet: bool = False
     _fields_checked: bool = field(default=True, repr=False)
 
@@ -106,6 +111,11 @@ class PhotozRunConfig:
             self.components == "bic" or (isinstance(self.components, int) and self.components >= 1)
         ):
             raise ValueError(f"components must be an int >= 1 or 'bic', got {self.components!r}.")
+        if self.photometric_errors not in PHOTOMETRIC_ERRORS:
+            raise ValueError(
+                f"photometric_errors must be one of {PHOTOMETRIC_ERRORS}, got "
+                f"{self.photometric_errors!r}."
+            )
         if len(self.bands) < 2:
             raise ValueError(f"bands needs at least two bands, got {list(self.bands)}.")
 
@@ -197,7 +207,32 @@ def _n_basis(config: PhotozRunConfig, weights: np.ndarray | None, n: int) -> int
     return int(min(config.basis, n, max(5, n_eff // 10)))
 
 
-def _train_one(config, X, z, weights, rng, *, errors):
+class Inputs(NamedTuple):
+    """What the regression sees of a set of galaxies (see ``photometric_errors``)."""
+
+    features: np.ndarray
+    log_errors: np.ndarray | None
+    """ln of the luptitude errors per band, as extra inputs of the log-noise, or None."""
+    covariance: np.ndarray | None
+    """The features' covariance from the luptitude errors, propagated (input noise), or None."""
+
+    def rows(self, idx: np.ndarray) -> Inputs:
+        return Inputs(*(None if a is None else a[idx] for a in self))
+
+
+def _inputs(cat: pd.DataFrame, config: PhotozRunConfig) -> Inputs:
+    errors = config.photometric_errors
+    cov, log_err = None, None
+    if errors == "propagate":
+        colours = list(pairwise(config.bands))
+        cov = feature_covariance(cat, colours=colours, magnitudes=config.bands[-1:])
+    elif errors == "noise-inputs":
+        log_err = np.log(cat[[f"lupterr_{b}" for b in config.bands]].to_numpy())
+    return Inputs(regression_features(cat, config.bands), log_err, cov)
+
+
+def _train_one(config, inputs, z, weights, rng):
+    X = inputs.features
     n_basis = _n_basis(config, weights, z.size)
     basis = rbf_basis(X, z, n_basis, weights=weights, rng=rng)
     model = build_model(
@@ -205,9 +240,12 @@ def _train_one(config, X, z, weights, rng, *, errors):
         z,
         basis=basis,
         weights=weights,
-        noise_inputs=errors,
+        noise_inputs=inputs.log_errors,
+        feature_errors=inputs.covariance,
         feature_names=feature_names(config.bands),
-        noise_input_names=[f"ln err {b}" for b in config.bands],
+        noise_input_names=None
+        if inputs.log_errors is None
+        else [f"ln err {b}" for b in config.bands],
     )
     idata = fit(
         model,
@@ -222,13 +260,23 @@ def _train_one(config, X, z, weights, rng, *, errors):
 
 
 def _variant(mode, config, train, z_train, test, weights, division, test_resp, rng) -> Variant:
-    """Train one variant; ``train`` and ``test`` are (features, log magnitude errors)."""
+    """Train one variant on ``train`` and predict ``test`` (both :class:`Inputs`)."""
     t0 = time.perf_counter()
-    (X, E), (X_test, E_test) = train, test
+
+    def predict_test(model, idata):
+        return predict(
+            model,
+            idata,
+            test.features,
+            noise_inputs=test.log_errors,
+            feature_errors=test.covariance,
+            rng=rng,
+        ).values
+
     w = weights if mode in ("weighted", "divide-weighted") else None
     if mode in ("simple", "weighted"):
-        model, idata = _train_one(config, X, z_train, w, rng, errors=E)
-        samples = predict(model, idata, X_test, noise_inputs=E_test, rng=rng).values
+        model, idata = _train_one(config, train, z_train, w, rng)
+        samples = predict_test(model, idata)
         return Variant(samples, [(model, idata)], seconds=time.perf_counter() - t0)
     fits, per_component, fitted = [], [], []
     for k in range(division.member.shape[1]):
@@ -236,15 +284,10 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
         if rows.size < 20:
             continue
         model, idata = _train_one(
-            config,
-            X[rows],
-            z_train[rows],
-            None if w is None else w[rows],
-            rng,
-            errors=E[rows],
+            config, train.rows(rows), z_train[rows], None if w is None else w[rows], rng
         )
         fits.append((model, idata))
-        per_component.append(predict(model, idata, X_test, noise_inputs=E_test, rng=rng).values)
+        per_component.append(predict_test(model, idata))
         fitted.append(k)
     if not fitted:
         raise ValueError(
@@ -278,12 +321,10 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
     with progress.stage(f"{source} the catalogue"):
         split = _split(config, rng_data)
     cat = split.catalog
-    mags = regression_features(cat, config.bands)
     feats = _mixture_features(cat, config.bands)
-    # ln of the magnitude errors feed the noise (GPz++ uses the errors the same way)
-    log_err = np.log(cat[[f"lupterr_{b}" for b in config.bands]].to_numpy())
-    X_train, X_test = mags[split.train], mags[split.test]
-    train, test = (X_train, log_err[split.train]), (X_test, log_err[split.test])
+    everything = _inputs(cat, config)
+    train, test = everything.rows(split.train), everything.rows(split.test)
+    X_train, X_test = train.features, test.features
     z_train = cat["z_spec"].to_numpy()[split.train]
 
     with progress.stage(
@@ -360,14 +401,20 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
 
 def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    X, E = train
+    X = train.features
     if "simple" in variants:
         _, idata_h = variants["simple"].fits[0]
     else:
-        _, idata_h = _train_one(config, X, z, None, rng, errors=E)
+        _, idata_h = _train_one(config, train, z, None, rng)
     basis = rbf_basis(X, z, _n_basis(config, None, z.size), rng=rng)
+    # the propagated photometric errors are data: both models have them
     model_c = build_model(
-        X, z, basis=basis, heteroscedastic=False, feature_names=feature_names(config.bands)
+        X,
+        z,
+        basis=basis,
+        heteroscedastic=False,
+        feature_errors=train.covariance,
+        feature_names=feature_names(config.bands),
     )
     idata_c = fit(
         model_c,

@@ -95,6 +95,25 @@ def test_luptitudes_limits():
     assert np.isfinite(mu0[1]) and mu0[1] > mu0[0]
 
 
+def test_feature_covariance_of_colours(catalog):
+    """Colours sharing a band covary by minus its variance; a colour's variance sums its bands'."""
+    cov = pz.feature_covariance(
+        catalog, colours=[("F606W", "F814W"), ("F814W", "F125W")], magnitudes=("F160W",)
+    )
+    var = {b: catalog[f"lupterr_{b}"].to_numpy() ** 2 for b in pz.BANDS}
+    np.testing.assert_allclose(cov[:, 0, 0], var["F606W"] + var["F814W"])
+    np.testing.assert_allclose(cov[:, 0, 1], -var["F814W"])
+    np.testing.assert_allclose(cov[:, 1, 0], -var["F814W"])
+    np.testing.assert_allclose(cov[:, 2, 2], var["F160W"])
+    np.testing.assert_array_equal(cov[:, :2, 2], 0.0)
+    # the same by sampling: colours of perturbed luptitudes
+    rng = np.random.default_rng(0)
+    sd = np.array([np.sqrt(var[b][0]) for b in pz.BANDS])
+    m = rng.normal(0, sd, size=(200_000, 4))
+    f = np.column_stack([m[:, 0] - m[:, 1], m[:, 1] - m[:, 2], m[:, 3]])
+    np.testing.assert_allclose(np.cov(f.T), cov[0], atol=5e-3 * sd.max() ** 2 * 10)
+
+
 def test_luptitude_error_is_the_propagated_flux_error():
     f, b, sig = np.array([0.003, 0.02]), 0.01, np.array([0.004, 0.004])
     _, err = pz.luptitudes(f, sig, softening=b)

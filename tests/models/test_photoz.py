@@ -242,3 +242,108 @@ def test_advi_starts_at_the_plug_in_fit_and_predicts(toy):
     draws = photoz.predict(model, idata, X[:40], rng=1)
     rmse = np.sqrt(np.mean((np.log1p(draws.values.mean(axis=1)) - np.log1p(z[:40])) ** 2))
     assert rmse < 0.1  # the toy's noise sd is 0.05
+
+
+def test_input_noise_jacobian_against_finite_differences(toy):
+    """d mu / d x . L, by central differences of mu(x) = terms(x) . coef along each column of L."""
+    X, z, basis, _ = toy
+    rng = np.random.default_rng(21)
+    coef = rng.normal(0, 0.5, 11)
+    A = rng.normal(0, 0.2, size=(z.size, 2, 2))
+    cov = A @ A.transpose(0, 2, 1)
+    jac = photoz.input_noise_jacobian(basis, X, cov)
+    assert jac.shape == (z.size, 11, 2)
+
+    def mu(Xq):
+        Xs = (Xq - basis.feature_center) / basis.feature_scale
+        return np.column_stack([np.ones(len(Xq)), Xs, basis.design(Xq)]) @ coef
+
+    # the directional derivatives' squares sum to g' cov g whatever square root L is used
+    h = 1e-6
+    grad = np.column_stack([(mu(X + h * e) - mu(X - h * e)) / (2 * h) for e in np.eye(2)])  # (n, 2)
+    expected = np.einsum("nk,nkl,nl->n", grad, cov, grad)
+    got = (np.einsum("ntm,t->nm", jac, coef) ** 2).sum(axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # independent standard deviations are the diagonal case
+    sd = np.sqrt(np.einsum("nkk->nk", cov))
+    diag = photoz.input_noise_jacobian(basis, X, sd)
+    np.testing.assert_allclose(
+        (np.einsum("ntm,t->nm", diag, coef) ** 2).sum(axis=1), (grad * sd) ** 2 @ np.ones(2)
+    )
+
+
+def test_feature_errors_add_the_propagated_variance(toy):
+    """sigma_i^2 = floor^2 + (s/(1+s))^2 + g_i' C_i g_i, g the plug-in mean's gradient.
+
+    The propagated variance is data (computed once from the plug-in coefficients), not a
+    function of the sampled ones; predict needs the new galaxies' errors.
+    """
+    X, z, basis, _ = toy
+    rng = np.random.default_rng(22)
+    sd = rng.uniform(0.01, 0.3, size=X.shape)
+    model = photoz.build_model(X, z, basis=basis, feature_errors=sd)
+    coef, noise_coef = rng.normal(0, 0.3, 11), np.array([-2.0, 0.2, -0.1])
+    idata = _posterior(model, coef, noise_coef)
+    pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    Xs = (X - basis.feature_center) / basis.feature_scale
+    phi = basis.design(X)
+    terms = np.column_stack([np.ones(z.size), Xs, phi])
+    # gradient of the plug-in mean in the raw features, written out for the Gaussian RBFs
+    plug = model["input_noise_coef"].get_value()
+    assert np.std(terms @ plug - np.log1p(z)) < 0.5 * np.std(np.log1p(z))  # it fits the data
+    d = (Xs[:, None, :] - basis.centers) / basis.length_scales**2
+    grad = (plug[1:3] - np.einsum("nj,njk,j->nk", phi, d, plug[3:])) / basis.feature_scale
+    s = np.exp(noise_coef[0] + Xs @ noise_coef[1:])
+    var = photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2 + ((grad * sd) ** 2).sum(axis=1)
+    ref = stats.norm.logpdf(np.log1p(z), terms @ coef, np.sqrt(var))
+    np.testing.assert_allclose(idata["log_likelihood"]["log1pz"].values[0, 0], ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="pass feature_errors for the new galaxies"):
+        photoz.predict(model, idata, X[:5])
+    # far larger errors on the same galaxies: wider predictive draws
+    few = _posterior(model, coef, noise_coef, n_draws=400)
+    narrow = photoz.predict(model, few, X[:5], feature_errors=sd[:5], rng=1).values
+    wide = photoz.predict(model, few, X[:5], feature_errors=10 * sd[:5], rng=1).values
+    assert (np.log1p(wide).std(axis=1) > np.log1p(narrow).std(axis=1)).all()
+
+
+def test_feature_errors_bad_input(toy):
+    X, z, basis, _ = toy
+    with pytest.raises(ValueError, match=r"feature_errors has shape \(120, 3\); expected"):
+        photoz.build_model(X, z, basis=basis, feature_errors=np.ones((120, 3)))
+    with pytest.raises(ValueError, match="feature_errors contains nan"):
+        photoz.build_model(X, z, basis=basis, feature_errors=np.full((120, 2), np.nan))
+    with pytest.raises(ValueError, match="standard deviations must be >= 0"):
+        photoz.build_model(X, z, basis=basis, feature_errors=-np.ones((120, 2)))
+    asym = np.tile(np.array([[1.0, 0.5], [0.0, 1.0]]), (120, 1, 1))
+    with pytest.raises(ValueError, match="must be symmetric"):
+        photoz.build_model(X, z, basis=basis, feature_errors=asym)
+    indefinite = np.tile(np.array([[1.0, 2.0], [2.0, 1.0]]), (120, 1, 1))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        photoz.build_model(X, z, basis=basis, feature_errors=indefinite)
+
+
+def test_run_photometric_errors_choose_the_inputs():
+    """propagate: feature covariances only; noise-inputs: ln errors only; ignore: neither."""
+    from data_tools.photoz import feature_covariance, simulate_galaxy_catalog
+    from models.runs.photoz import PhotozRunConfig, _inputs
+
+    cat = simulate_galaxy_catalog(300, rng=4)
+    errors = cat[[f"lupterr_{b}" for b in ("F606W", "F814W", "F125W", "F160W")]].to_numpy()
+    got = {
+        e: _inputs(cat, PhotozRunConfig(photometric_errors=e))
+        for e in ("propagate", "noise-inputs", "ignore")
+    }
+    assert got["propagate"].log_errors is None
+    np.testing.assert_allclose(
+        got["propagate"].covariance,
+        feature_covariance(
+            cat,
+            colours=[("F606W", "F814W"), ("F814W", "F125W"), ("F125W", "F160W")],
+            magnitudes=("F160W",),
+        ),
+    )
+    np.testing.assert_allclose(got["noise-inputs"].log_errors, np.log(errors))
+    assert got["noise-inputs"].covariance is None
+    assert got["ignore"].log_errors is None and got["ignore"].covariance is None
+    with pytest.raises(ValueError, match="photometric_errors must be one of"):
+        PhotozRunConfig(photometric_errors="both")

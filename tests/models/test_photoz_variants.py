@@ -66,27 +66,60 @@ def test_fits_converge(result):
 
 
 def test_intervals_are_calibrated(result):
-    """68 % predictive intervals cover 68 +- 5 % of the population's test galaxies."""
+    """68 % predictive intervals cover 68 +- 5 % of the population's test galaxies.
+
+    Measured at this seed with the photometric errors propagated (the default): 0.673 simple,
+    0.703 weighted. With the errors as noise inputs instead the weighted fit covered 0.615
+    (0.43 of the faint galaxies).
+    """
     _, _, _, table = result
-    for variant in ("simple", "divide"):
+    for variant in ("simple", "weighted"):
         assert abs(_row(table, variant)["coverage_68"] - 0.68) < 0.05, variant
 
 
-def test_dividing_reduces_the_faint_and_high_redshift_bias(result):
-    """Measured at this seed: faint bias -0.042 -> -0.029, 2.5 < z < 4 bias -0.455 -> -0.357.
+@pytest.mark.xfail(
+    strict=True,
+    reason="divide over-covers: 0.733 at seed 7, 0.795 and 0.789 at seeds 8 and 9 (issue 5)",
+)
+def test_divided_intervals_are_calibrated(result):
+    _, _, _, table = result
+    assert abs(_row(table, "divide")["coverage_68"] - 0.68) < 0.05
 
-    The weighted variant does not reduce these biases here (see the README); it is scored,
-    not asserted.
+
+def test_weighting_and_dividing_reduce_the_high_redshift_bias(result):
+    """Bias at 2.5 < z < 4, measured at this seed: -0.480 simple, -0.401 weighted, -0.383 divide.
+
+    Dividing reduced it at seeds 8 and 9 too (-0.335 -> -0.239, -0.510 -> -0.224); weighting
+    did at seed 9 (-0.363) but not at seed 8 (-0.394).
     """
     _, _, _, table = result
-    simple_faint = abs(_row(table, "simple", "lupt_F160W", "(26.5, inf]")["bias"])
-    simple_high = abs(_row(table, "simple", "z_true", "(2.5, 4.0]")["bias"])
-    assert abs(_row(table, "divide", "lupt_F160W", "(26.5, inf]")["bias"]) < simple_faint
-    assert abs(_row(table, "divide", "z_true", "(2.5, 4.0]")["bias"]) < simple_high - 0.05
+    simple = abs(_row(table, "simple", "z_true", "(2.5, 4.0]")["bias"])
+    for variant in ("weighted", "divide"):
+        assert abs(_row(table, variant, "z_true", "(2.5, 4.0]")["bias"]) < simple - 0.05, variant
+
+
+def test_weighting_reduces_the_faint_bias(result):
+    """Bias above F160W = 26.5 at this seed: -0.045 simple, -0.021 weighted.
+
+    Not so at seeds 8 and 9 (+0.109 -> +0.190, 0.000 -> +0.095): see the README.
+    """
+    _, _, _, table = result
+    simple = abs(_row(table, "simple", "lupt_F160W", "(26.5, inf]")["bias"])
+    assert abs(_row(table, "weighted", "lupt_F160W", "(26.5, inf]")["bias"]) < simple
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="divide's faint bias is -0.055 against -0.045 simple at seed 7 (issue 5)",
+)
+def test_dividing_reduces_the_faint_bias(result):
+    _, _, _, table = result
+    simple = abs(_row(table, "simple", "lupt_F160W", "(26.5, inf]")["bias"])
+    assert abs(_row(table, "divide", "lupt_F160W", "(26.5, inf]")["bias"]) < simple
 
 
 def test_close_to_gradient_boosting_at_small_size(result):
-    """At 40 functions sigma_NMAD is within 10 % of HistGradientBoosting's (0.123 vs 0.115)."""
+    """At 40 functions sigma_NMAD is within 10 % of HistGradientBoosting's (0.118 vs 0.115)."""
     _, _, _, table = result
     best = min(_row(table, v)["sigma_nmad"] for v in ("simple", "weighted", "divide"))
     assert best <= _row(table, "hgb")["sigma_nmad"] * 1.10
