@@ -521,8 +521,15 @@ def feature_covariance(
         A[k, bands.index(a)], A[k, bands.index(b)] = 1.0, -1.0
     for k, m in enumerate(magnitudes, start=len(colours)):
         A[k, bands.index(m)] = 1.0
-    err = np.column_stack([np.asarray(catalog[f"lupterr_{b}"], dtype=float) for b in bands])
-    err = as_finite_array("luptitude errors", err, ndim=2, nonnegative=True)
+    missing = [f"lupterr_{b}" for b in bands if f"lupterr_{b}" not in catalog]
+    if missing:
+        raise ValueError(
+            f"catalog has no column(s) {missing}; the features' errors need one luptitude "
+            f"error column per band (read_catalog names them lupterr_<band>)."
+        )
+    err = np.column_stack(
+        [as_finite_array(f"lupterr_{b}", catalog[f"lupterr_{b}"], nonnegative=True) for b in bands]
+    )
     return np.einsum("kb,nb,lb->nkl", A, err**2, A)
 
 

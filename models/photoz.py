@@ -82,7 +82,7 @@ __all__ = [
     "combine_divided",
     "fit",
     "galaxy_data",
-    "input_noise_jacobian",
+    "input_variance",
     "predict",
     "prediction_summary",
 ]
@@ -128,7 +128,7 @@ class _Affine(Transform):
 
 
 def _preconditioners(
-    terms, noise_terms, y, w, prior_sd_mean, prior_sd_noise, *, heteroscedastic, jacobian=None
+    terms, noise_terms, y, w, prior_sd_mean, prior_sd_noise, *, heteroscedastic, extra_variance=None
 ):
     """Approximate posterior means and Cholesky factors for the two coefficient vectors.
 
@@ -137,9 +137,10 @@ def _preconditioners(
     of ``y`` (precision ``terms' diag(w / sigma^2) terms + diag(1 / prior_sd^2)``) and a ridge
     fit of the log absolute residuals for ``ln sigma`` (each galaxy carries Fisher information
     ``2 w_i`` about it). The mean's preconditioner must use the per-galaxy noise: where the
-    noise is ten times smaller the mean is constrained a hundred times more tightly. With a
-    ``jacobian`` (:func:`input_noise_jacobian`) each galaxy's variance also includes its
-    feature errors propagated through the previous iteration's mean.
+    noise is ten times smaller the mean is constrained a hundred times more tightly. With
+    ``extra_variance`` (a function of the mean's coefficients: :func:`input_variance`) each
+    galaxy's variance also includes its feature errors propagated through the previous
+    iteration's mean, and the noise is fitted to what the residuals leave beyond them.
     """
     noise = np.zeros(noise_terms.shape[1])
     noise[0] = 0.5 * np.log(np.var(y))
@@ -150,14 +151,16 @@ def _preconditioners(
         prec_mean = terms.T @ (terms * inv_var[:, None]) + np.diag(1 / prior_sd_mean**2)
         coef = np.linalg.solve(prec_mean, terms.T @ (inv_var * y))
         resid = y - terms @ coef
-        if jacobian is not None:
-            extra = _input_variance(jacobian, coef)
+        if extra_variance is not None:
+            extra = extra_variance(coef)
         if heteroscedastic:
-            # E[ln |r|] = ln sigma - 0.635 for a normal residual
-            target = np.log(np.abs(resid) + 1e-6) + 0.635
+            # E[ln |r|] = ln sigma - 0.635 for a normal residual; sigma^2 includes extra
+            log_total = np.log(np.abs(resid) + 1e-6) + 0.635
+            target = 0.5 * np.log(np.maximum(np.exp(2 * log_total) - extra, NOISE_FLOOR**2))
             noise = np.linalg.solve(prec_noise / 2, noise_terms.T @ (w * target))
         else:
-            noise[0] = 0.5 * np.log(np.average(resid**2, weights=w))
+            left = np.average(resid**2 - extra, weights=w)
+            noise[0] = 0.5 * np.log(max(left, NOISE_FLOOR**2))
     chol = [np.linalg.cholesky(np.linalg.inv(p)) for p in (prec_mean, prec_noise)]
     return coef, chol[0], noise, chol[1]
 
@@ -185,62 +188,79 @@ def relevance_sd(
     return np.clip(1 / np.sqrt(ard.lambda_[-n_basis:]), s_y / 1000, s_y)
 
 
-def _error_factor(feature_errors: Any, n: int, n_feature: int) -> np.ndarray:
-    """Square-root factors ``L`` (``(n, n_feature, m)``) with ``L L^T`` the features' covariance.
+def feature_error_covariance(feature_errors: Any, n: int, n_feature: int) -> np.ndarray:
+    """Check ``feature_errors`` and return it as covariances, shape ``(n, n_feature, n_feature)``.
 
-    ``feature_errors`` is ``(n, n_feature)`` of independent standard deviations or
-    ``(n, n_feature, n_feature)`` of covariances (symmetric, positive semi-definite).
+    ``feature_errors`` is either ``(n, n_feature)`` independent standard deviations (``>= 0``)
+    or ``(n, n_feature, n_feature)`` covariance matrices (symmetric, positive semi-definite).
     """
     E = as_finite_array("feature_errors", feature_errors, ndim=None)
     if E.shape == (n, n_feature):
         if (E < 0).any():
-            raise ValueError("feature_errors: standard deviations must be >= 0.")
-        return E[:, :, None] * np.eye(n_feature)[None]
+            i = tuple(int(v) for v in np.argwhere(E < 0)[0])
+            raise ValueError(
+                f"feature_errors: standard deviations must be >= 0, got {E[i]} at index {i}."
+            )
+        return E[:, :, None] ** 2 * np.eye(n_feature)[None]
     if E.shape != (n, n_feature, n_feature):
         raise ValueError(
             f"feature_errors has shape {E.shape}; expected {(n, n_feature)} (standard "
-            f"deviations) or {(n, n_feature, n_feature)} (covariances, e.g. from "
-            f"data_tools.photoz.feature_covariance)."
+            f"deviations, one row per galaxy) or {(n, n_feature, n_feature)} (one covariance "
+            f"matrix per galaxy, e.g. from data_tools.photoz.feature_covariance)."
         )
-    if not np.allclose(E, E.transpose(0, 2, 1), rtol=1e-8, atol=1e-12):
-        raise ValueError("feature_errors: the covariance matrices must be symmetric.")
-    eigval, eigvec = np.linalg.eigh(E)
-    if (eigval < -1e-10 * np.abs(eigval).max(initial=1.0)).any():
-        raise ValueError("feature_errors: the covariance matrices must be positive semi-definite.")
-    return eigvec * np.sqrt(np.clip(eigval, 0, None))[:, None, :]
+    size = np.abs(E).max(axis=(1, 2))  # per-galaxy scale for the tolerances
+    asym = np.abs(E - E.transpose(0, 2, 1)).max(axis=(1, 2)) > 1e-8 * size
+    if asym.any():
+        raise ValueError(
+            f"feature_errors: galaxy {int(np.argmax(asym))}'s covariance matrix is not "
+            f"symmetric; pass (C + C^T) / 2 if it is rounding."
+        )
+    lowest = np.linalg.eigvalsh(E)[:, 0]
+    bad = lowest < -1e-10 * size
+    if bad.any():
+        g = int(np.argmax(bad))
+        raise ValueError(
+            f"feature_errors: galaxy {g}'s covariance matrix is not positive semi-definite "
+            f"(eigenvalue {lowest[g]:.3g}); build it as A diag(errors^2) A^T."
+        )
+    return E
 
 
-def input_noise_jacobian(basis: RBFBasis, features: Any, feature_errors: Any) -> np.ndarray:
-    r"""Return the mean's terms differentiated along each galaxy's feature errors, ``(n, term, m)``.
+def _mean_gradient(basis: RBFBasis, Xs: np.ndarray, design: np.ndarray, coef: np.ndarray):
+    """Gradient of ``mu = [1, s(x), phi(x)] . coef`` in the raw features, ``(n, n_feature)``."""
+    k = Xs.shape[1]
+    w = coef[1 + k :]
+    # d phi_j / d s_d = -phi_j (s_d - c_jd) / l_jd^2, summed over j with the weights w_j
+    inv_l2 = basis.length_scales**-2  # (J, K)
+    weighted = design * w  # (n, J)
+    grad_s = coef[1 : 1 + k] - Xs * (weighted @ inv_l2) + weighted @ (basis.centers * inv_l2)
+    return grad_s / basis.feature_scale
 
-    The mean is linear in the coefficients, :math:`\mu(x) = t(x)^\top \beta` with terms
-    :math:`t = [1, s(x), \phi(x)]`, so to first order a feature error :math:`\delta x` with
-    covariance :math:`L L^\top` moves it by :math:`\beta^\top (\partial t / \partial x)\,
-    \delta x`, of variance :math:`\lVert \beta^\top J \rVert^2` with
-    :math:`J = (\partial t / \partial x) L`. This returns :math:`J`; the model adds the variance
-    to the noise (GPz's input-noise term).
+
+def input_variance(
+    basis: RBFBasis, features: Any, feature_errors: Any, coef: Any, *, chunk: int = 20_000
+) -> np.ndarray:
+    r"""Return the variance of the mean from each galaxy's feature errors, shape ``(n,)``.
+
+    For the mean :math:`\mu(x) = [1, s(x), \phi(x)]^\top \beta` (``coef``, in the model's
+    ``term`` order) and a galaxy with feature covariance :math:`C_i`, this is, to first order,
+    :math:`\gamma_i = \nabla\mu(x_i)^\top C_i \nabla\mu(x_i)`: GPz's input-noise term.
+    ``feature_errors`` as in :func:`build_model`; computed in chunks of ``chunk`` galaxies.
     """
     X = as_finite_array("features", features, ndim=2)
-    n, k = X.shape
-    L = _error_factor(feature_errors, n, k)
-    Xs = basis.scale(X, "features")
-    scale = basis.feature_scale
-    diff = (Xs[:, None, :] - basis.centers[None]) / basis.length_scales[None] ** 2  # (n, J, K)
-    phi = basis.design(X, "features")
-    d_terms = np.concatenate(
-        [
-            np.zeros((n, 1, k)),
-            np.broadcast_to(np.diag(1 / scale), (n, k, k)),
-            -phi[:, :, None] * diff / scale,
-        ],
-        axis=1,
-    )  # d t / d x: (n, term, K)
-    return np.einsum("ntk,nkm->ntm", d_terms, L)
-
-
-def _input_variance(jacobian: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Variance of the mean from the feature errors: ``|| coef' J_i ||^2`` per galaxy."""
-    return (np.einsum("ntm,t->nm", jacobian, coef) ** 2).sum(axis=1)
+    cov = feature_error_covariance(feature_errors, *X.shape)
+    coef = as_finite_array("coef", coef)
+    if coef.size != 1 + X.shape[1] + basis.n_basis:
+        raise ValueError(
+            f"coef has {coef.size} entries; the mean has 1 + {X.shape[1]} + {basis.n_basis}."
+        )
+    out = np.empty(X.shape[0])
+    for start in range(0, X.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        Xs = basis.scale(X[rows], "features")
+        g = _mean_gradient(basis, Xs, basis.design(X[rows], "features"), coef)
+        out[rows] = np.einsum("nk,nkl,nl->n", g, cov[rows], g)
+    return out
 
 
 def _weighted_normal_logp(value, mu, sigma, weight):
@@ -315,8 +335,9 @@ def build_model(
     Raises
     ------
     ValueError
-        Non-finite or mis-shaped features, redshifts or weights; features that do not match
-        the basis; fewer than two galaxies; an unknown ``likelihood``.
+        Non-finite or mis-shaped features, redshifts, weights, noise inputs or feature errors;
+        feature covariances that are not symmetric positive semi-definite; features that do
+        not match the basis; fewer than two galaxies; an unknown ``likelihood``.
     """
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
@@ -365,7 +386,9 @@ def build_model(
     }
     coords["term"] = ["intercept", *coords["feature"], *[f"basis{j}" for j in coords["basis"]]]
     coords["noise_input"] = [*coords["feature"], *noise_names]
-    jacobian = None if feature_errors is None else input_noise_jacobian(basis, X, feature_errors)
+    cov = None
+    if feature_errors is not None:
+        cov = feature_error_covariance(feature_errors, *X.shape)
     coords["noise_term"] = ["intercept"]
     if heteroscedastic:
         coords["noise_term"] += coords["noise_input"]
@@ -406,7 +429,9 @@ def build_model(
             sd_mean,
             sd_noise,
             heteroscedastic=heteroscedastic,
-            jacobian=jacobian,
+            extra_variance=None
+            if cov is None
+            else (lambda beta: input_variance(basis, X, cov, beta)),
         )
         loc_noise = np.r_[np.log(s_y / 2), np.zeros(n_feature + U.shape[1])]
         terms = pt.concatenate([pt.ones((x_d.shape[0], 1)), x_d, design_d], axis=1)
@@ -432,11 +457,11 @@ def build_model(
             log_sigma = noise_coef[0]
         # s / (1 + s) = sigmoid(ln s): a cap at 1 with continuous gradients
         variance = NOISE_FLOOR**2 + pt.sigmoid(log_sigma) ** 2
-        if jacobian is not None:
+        if cov is not None:
             # The feature errors propagated through the plug-in mean (fixed, see build_model)
             pm.Data("input_noise_coef", shift, dims="term")
             variance = variance + pm.Data(
-                "input_variance", _input_variance(jacobian, shift), dims="galaxy"
+                "input_variance", input_variance(basis, X, cov, shift), dims="galaxy"
             )
         sigma = pt.sqrt(variance) * pt.ones_like(mu)
         if likelihood == "normal":
@@ -546,7 +571,10 @@ def galaxy_data(
     training set's scalings stored in the model. With ``clip`` the mean's linear terms stop at
     the edge of the training features (for prediction: a faint galaxy far outside them would
     otherwise get an extrapolated redshift); the noise is never clipped, so such galaxies get
-    wide intervals. Weights are 1.
+    wide intervals. Weights are 1. With ``feature_errors`` (required exactly when the model
+    was built with them) the input variance uses the plug-in mean's gradient at the unclipped
+    features, linear slopes included: beyond the edge, where the predicted mean stops, an error
+    still moves the galaxy along the colour-redshift relation as fitted at the edge.
 
     Returns
     -------
@@ -594,8 +622,14 @@ def galaxy_data(
             )
         # Linear terms are clipped at the training range but keep their slope here: the
         # error on a galaxy beyond the edge still moves it along the colour-redshift relation.
-        jacobian = input_noise_jacobian(basis, X, feature_errors)
-        data["input_variance"] = _input_variance(jacobian, model["input_noise_coef"].get_value())
+        data["input_variance"] = input_variance(
+            basis, X, feature_errors, model["input_noise_coef"].get_value()
+        )
+    elif feature_errors is not None:
+        raise ValueError(
+            "feature_errors given, but the model was built without them, so they would be "
+            "ignored; rebuild it with build_model(..., feature_errors=...) or drop the argument."
+        )
     return data
 
 

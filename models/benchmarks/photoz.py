@@ -14,7 +14,9 @@ basis functions, against the scikit-learn baseline, in one run.
    adds included; and the prediction (:func:`models.photoz.predict`, compilation included,
    then :func:`models.photoz.prediction_summary`), 2000 predictive draws per test galaxy.
    Basis and model are built once and shared by both fits; each method's training total is
-   basis + build + its fit.
+   basis + build + its fit. The model is built without ``feature_errors`` (``run photoz``
+   passes them by default): they add one data vector, computed in ``build_model``, and do
+   not change what is sampled.
 2. The reference: ``sklearn.ensemble.HistGradientBoostingRegressor`` (defaults, as the
    baseline of ``astroweights run photoz``) ``fit`` on ``ln(1 + z)`` and ``predict``.
 

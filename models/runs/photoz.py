@@ -407,7 +407,7 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     else:
         _, idata_h = _train_one(config, train, z, None, rng)
     basis = rbf_basis(X, z, _n_basis(config, None, z.size), rng=rng)
-    # the propagated photometric errors are data: both models have them
+    # both models get the propagated photometric errors (data; each through its own plug-in fit)
     model_c = build_model(
         X,
         z,

@@ -244,31 +244,28 @@ def test_advi_starts_at_the_plug_in_fit_and_predicts(toy):
     assert rmse < 0.1  # the toy's noise sd is 0.05
 
 
-def test_input_noise_jacobian_against_finite_differences(toy):
-    """d mu / d x . L, by central differences of mu(x) = terms(x) . coef along each column of L."""
+def test_input_variance_against_finite_differences(toy):
+    """g' C g with g the central-difference gradient of mu(x) = terms(x) . coef."""
     X, z, basis, _ = toy
     rng = np.random.default_rng(21)
     coef = rng.normal(0, 0.5, 11)
     A = rng.normal(0, 0.2, size=(z.size, 2, 2))
     cov = A @ A.transpose(0, 2, 1)
-    jac = photoz.input_noise_jacobian(basis, X, cov)
-    assert jac.shape == (z.size, 11, 2)
 
     def mu(Xq):
         Xs = (Xq - basis.feature_center) / basis.feature_scale
         return np.column_stack([np.ones(len(Xq)), Xs, basis.design(Xq)]) @ coef
 
-    # the directional derivatives' squares sum to g' cov g whatever square root L is used
     h = 1e-6
-    grad = np.column_stack([(mu(X + h * e) - mu(X - h * e)) / (2 * h) for e in np.eye(2)])  # (n, 2)
+    grad = np.column_stack([(mu(X + h * e) - mu(X - h * e)) / (2 * h) for e in np.eye(2)])
     expected = np.einsum("nk,nkl,nl->n", grad, cov, grad)
-    got = (np.einsum("ntm,t->nm", jac, coef) ** 2).sum(axis=1)
+    got = photoz.input_variance(basis, X, cov, coef)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    # independent standard deviations are the diagonal case
+    # chunking changes nothing; standard deviations are the diagonal case
+    np.testing.assert_allclose(photoz.input_variance(basis, X, cov, coef, chunk=7), got, rtol=1e-12)
     sd = np.sqrt(np.einsum("nkk->nk", cov))
-    diag = photoz.input_noise_jacobian(basis, X, sd)
     np.testing.assert_allclose(
-        (np.einsum("ntm,t->nm", diag, coef) ** 2).sum(axis=1), (grad * sd) ** 2 @ np.ones(2)
+        photoz.input_variance(basis, X, sd, coef), (grad * sd) ** 2 @ np.ones(2), rtol=1e-6
     )
 
 
@@ -288,17 +285,31 @@ def test_feature_errors_add_the_propagated_variance(toy):
     Xs = (X - basis.feature_center) / basis.feature_scale
     phi = basis.design(X)
     terms = np.column_stack([np.ones(z.size), Xs, phi])
-    # gradient of the plug-in mean in the raw features, written out for the Gaussian RBFs
+    # gradient of the plug-in mean in the raw features, by central differences
     plug = model["input_noise_coef"].get_value()
     assert np.std(terms @ plug - np.log1p(z)) < 0.5 * np.std(np.log1p(z))  # it fits the data
-    d = (Xs[:, None, :] - basis.centers) / basis.length_scales**2
-    grad = (plug[1:3] - np.einsum("nj,njk,j->nk", phi, d, plug[3:])) / basis.feature_scale
+
+    def mu(Xq):
+        Xq_s = (Xq - basis.feature_center) / basis.feature_scale
+        return np.column_stack([np.ones(len(Xq)), Xq_s, basis.design(Xq)]) @ plug
+
+    h = 1e-6
+    grad = np.column_stack([(mu(X + h * e) - mu(X - h * e)) / (2 * h) for e in np.eye(2)])
     s = np.exp(noise_coef[0] + Xs @ noise_coef[1:])
     var = photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2 + ((grad * sd) ** 2).sum(axis=1)
     ref = stats.norm.logpdf(np.log1p(z), terms @ coef, np.sqrt(var))
     np.testing.assert_allclose(idata["log_likelihood"]["log1pz"].values[0, 0], ref, rtol=1e-9)
     with pytest.raises(ValueError, match="pass feature_errors for the new galaxies"):
         photoz.predict(model, idata, X[:5])
+    plain = photoz.build_model(X, z, basis=basis)
+    with pytest.raises(ValueError, match="the model was built without them"):
+        photoz.galaxy_data(plain, X[:5], feature_errors=sd[:5])
+    # the training galaxies' container is what galaxy_data rebuilds
+    np.testing.assert_allclose(
+        photoz.galaxy_data(model, X, feature_errors=sd)["input_variance"],
+        model["input_variance"].get_value(),
+        rtol=1e-12,
+    )
     # far larger errors on the same galaxies: wider predictive draws
     few = _posterior(model, coef, noise_coef, n_draws=400)
     narrow = photoz.predict(model, few, X[:5], feature_errors=sd[:5], rng=1).values
@@ -312,36 +323,43 @@ def test_feature_errors_bad_input(toy):
         photoz.build_model(X, z, basis=basis, feature_errors=np.ones((120, 3)))
     with pytest.raises(ValueError, match="feature_errors contains nan"):
         photoz.build_model(X, z, basis=basis, feature_errors=np.full((120, 2), np.nan))
-    with pytest.raises(ValueError, match="standard deviations must be >= 0"):
+    with pytest.raises(ValueError, match=r"standard deviations must be >= 0, got -1.0 at index"):
         photoz.build_model(X, z, basis=basis, feature_errors=-np.ones((120, 2)))
     asym = np.tile(np.array([[1.0, 0.5], [0.0, 1.0]]), (120, 1, 1))
-    with pytest.raises(ValueError, match="must be symmetric"):
+    with pytest.raises(ValueError, match="galaxy 0's covariance matrix is not symmetric"):
         photoz.build_model(X, z, basis=basis, feature_errors=asym)
     indefinite = np.tile(np.array([[1.0, 2.0], [2.0, 1.0]]), (120, 1, 1))
-    with pytest.raises(ValueError, match="positive semi-definite"):
+    with pytest.raises(ValueError, match="galaxy 0's covariance matrix is not positive semi"):
         photoz.build_model(X, z, basis=basis, feature_errors=indefinite)
+    # the tolerance is relative to each galaxy's own scale
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        photoz.build_model(X, z, basis=basis, feature_errors=indefinite * 1e-12)
 
 
 def test_run_photometric_errors_choose_the_inputs():
     """propagate: feature covariances only; noise-inputs: ln errors only; ignore: neither."""
-    from data_tools.photoz import feature_covariance, simulate_galaxy_catalog
-    from models.runs.photoz import PhotozRunConfig, _inputs
+    from data_tools.photoz import simulate_galaxy_catalog
+    from models.runs.photoz import PhotozRunConfig, _inputs, regression_features
 
     cat = simulate_galaxy_catalog(300, rng=4)
-    errors = cat[[f"lupterr_{b}" for b in ("F606W", "F814W", "F125W", "F160W")]].to_numpy()
+    bands = ("F606W", "F814W", "F125W", "F160W")
+    errors = cat[[f"lupterr_{b}" for b in bands]].to_numpy()
     got = {
         e: _inputs(cat, PhotozRunConfig(photometric_errors=e))
         for e in ("propagate", "noise-inputs", "ignore")
     }
     assert got["propagate"].log_errors is None
-    np.testing.assert_allclose(
-        got["propagate"].covariance,
-        feature_covariance(
-            cat,
-            colours=[("F606W", "F814W"), ("F814W", "F125W"), ("F125W", "F160W")],
-            magnitudes=("F160W",),
-        ),
-    )
+    # independent of how feature_covariance orders things: the features are linear in the
+    # luptitudes, so a unit shift of band b moves them by column b of their Jacobian A, and
+    # the covariance is sum_b err_b^2 A_b A_b'
+    base = regression_features(cat, bands)
+    expected = np.zeros((len(cat), 4, 4))
+    for b in bands:
+        shifted = cat.assign(**{f"lupt_{b}": cat[f"lupt_{b}"] + 1.0})
+        column = regression_features(shifted, bands) - base
+        var = cat[f"lupterr_{b}"].to_numpy() ** 2
+        expected += var[:, None, None] * column[:, :, None] * column[:, None, :]
+    np.testing.assert_allclose(got["propagate"].covariance, expected, atol=1e-12)
     np.testing.assert_allclose(got["noise-inputs"].log_errors, np.log(errors))
     assert got["noise-inputs"].covariance is None
     assert got["ignore"].log_errors is None and got["ignore"].covariance is None
