@@ -133,7 +133,7 @@ CASES: dict[str, Case] = {
             "basis_weight_0",
             "log_noise",
             "noise_slope_F160W",
-            "noise_slope_ln_err_F160W",
+            "noise_slope_F606W-F814W",
         ),
         {
             "small": "deep field of 1,500 galaxies (about 250 fitted), 10 basis functions",

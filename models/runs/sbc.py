@@ -63,9 +63,9 @@ PHOTOZ_PARAMETERS = {
     "basis_weight_0": ("coef", "basis0"),
     "log_noise": ("noise_coef", "intercept"),
     "noise_slope_F160W": ("noise_coef", "F160W"),
-    "noise_slope_ln_err_F160W": ("noise_coef", "ln err F160W"),
+    "noise_slope_F606W-F814W": ("noise_coef", "F606W-F814W"),
 }
-"""The photo-z coefficients SBC ranks (of 15 + 9 at the small size), by summary name."""
+"""The photo-z coefficients SBC ranks (of 15 + 5 at the small size), by summary name."""
 
 
 def _prior_draws(factories: dict[str, Any], names, rng: np.random.Generator) -> dict[str, float]:
@@ -275,14 +275,15 @@ def gamma_dm_replicate(
 
 
 def _photoz_spectra(cat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the spectroscopic galaxies' regression features, ln magnitude errors and z."""
-    from data_tools.photoz import BANDS
-    from models.runs.photoz import regression_features
+    """Return the spectroscopic galaxies' regression features, their covariances and z.
 
-    spec = np.isfinite(cat["z_spec"].to_numpy())
-    X = regression_features(cat, BANDS)[spec]
-    E = np.log(cat[[f"lupterr_{b}" for b in BANDS]].to_numpy())[spec]
-    return X, E, cat["z_spec"].to_numpy()[spec]
+    As ``run photoz`` sees them by default (``photometric_errors="propagate"``).
+    """
+    from models.runs.photoz import PhotozRunConfig, _inputs
+
+    spec = np.flatnonzero(np.isfinite(cat["z_spec"].to_numpy()))
+    inputs = _inputs(cat, PhotozRunConfig(photometric_errors="propagate")).rows(spec)
+    return inputs.features, inputs.covariance, cat["z_spec"].to_numpy()[spec]
 
 
 @functools.cache
@@ -300,16 +301,15 @@ def _photoz_setup(size: str, likelihood: str):
     from models.photoz import build_model
     from models.runs.photoz import feature_names
 
-    X, E, z = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=20261))
+    X, C, z = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=20261))
     basis = rbf_basis(X, z, PHOTOZ_BASIS[size], rng=20262)
     model = build_model(
         X,
         z,
         basis=basis,
         likelihood=likelihood,
-        noise_inputs=E,
+        feature_errors=C,
         feature_names=feature_names(BANDS),
-        noise_input_names=[f"ln err {b}" for b in BANDS],
     )
     return model, nutpie.compile_pymc_model(model)
 
@@ -330,7 +330,9 @@ def photoz_replicate(
     itself (``pm.draw`` of its prior and likelihood), and the model is refitted to them through
     the compiled template (nutpie ``with_data``). The simulated targets are the model's, not the
     catalogue's redshifts: SBC checks the model and sampler, not the templates. (Weighted fits
-    are not generative models, so they cannot be calibrated this way.)
+    are not generative models, so they cannot be calibrated this way.) The magnitude errors
+    enter as in ``run photoz``'s default: propagated through the template's plug-in mean, a
+    known variance per galaxy.
     """
     import pymc as pm
 
@@ -339,8 +341,8 @@ def photoz_replicate(
 
     rng = np.random.default_rng(seed)
     model, compiled = _photoz_setup(size, likelihood)
-    X, E, _ = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng))
-    data = galaxy_data(model, X, noise_inputs=E)
+    X, C, _ = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng))
+    data = galaxy_data(model, X, feature_errors=C)
     names = ["coef", "noise_coef"] + (["nu"] if likelihood == "student_t" else [])
     n = data["weight"].size
     saved = {k: model[k].get_value() for k in [*data, "log1pz_observed"]}
