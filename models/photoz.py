@@ -196,11 +196,7 @@ def feature_error_covariance(feature_errors: Any, n: int, n_feature: int) -> np.
     """
     E = as_finite_array("feature_errors", feature_errors, ndim=None)
     if E.shape == (n, n_feature):
-        if (E < 0).any():
-            i = tuple(int(v) for v in np.argwhere(E < 0)[0])
-            raise ValueError(
-                f"feature_errors: standard deviations must be >= 0, got {E[i]} at index {i}."
-            )
+        E = as_finite_array("feature_errors", E, ndim=2, nonnegative=True)
         return E[:, :, None] ** 2 * np.eye(n_feature)[None]
     if E.shape != (n, n_feature, n_feature):
         raise ValueError(
@@ -237,15 +233,19 @@ def _mean_gradient(basis: RBFBasis, Xs: np.ndarray, design: np.ndarray, coef: np
     return grad_s / basis.feature_scale
 
 
-def input_variance(
-    basis: RBFBasis, features: Any, feature_errors: Any, coef: Any, *, chunk: int = 20_000
-) -> np.ndarray:
+def _propagated_variance(basis, Xs, design, cov, coef) -> np.ndarray:
+    """``g_i' C_i g_i`` from already scaled features, design and checked covariances."""
+    g = _mean_gradient(basis, Xs, design, coef)
+    return np.einsum("nk,nkl,nl->n", g, cov, g)
+
+
+def input_variance(basis: RBFBasis, features: Any, feature_errors: Any, coef: Any) -> np.ndarray:
     r"""Return the variance of the mean from each galaxy's feature errors, shape ``(n,)``.
 
     For the mean :math:`\mu(x) = [1, s(x), \phi(x)]^\top \beta` (``coef``, in the model's
     ``term`` order) and a galaxy with feature covariance :math:`C_i`, this is, to first order,
     :math:`\gamma_i = \nabla\mu(x_i)^\top C_i \nabla\mu(x_i)`: GPz's input-noise term.
-    ``feature_errors`` as in :func:`build_model`; computed in chunks of ``chunk`` galaxies.
+    ``feature_errors`` as in :func:`build_model`. Memory is that of the design matrix.
     """
     X = as_finite_array("features", features, ndim=2)
     cov = feature_error_covariance(feature_errors, *X.shape)
@@ -254,13 +254,8 @@ def input_variance(
         raise ValueError(
             f"coef has {coef.size} entries; the mean has 1 + {X.shape[1]} + {basis.n_basis}."
         )
-    out = np.empty(X.shape[0])
-    for start in range(0, X.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        Xs = basis.scale(X[rows], "features")
-        g = _mean_gradient(basis, Xs, basis.design(X[rows], "features"), coef)
-        out[rows] = np.einsum("nk,nkl,nl->n", g, cov[rows], g)
-    return out
+    Xs = basis.scale(X, "features")
+    return _propagated_variance(basis, Xs, basis.design(X, "features"), cov, coef)
 
 
 def _weighted_normal_logp(value, mu, sigma, weight):
@@ -431,7 +426,7 @@ def build_model(
             heteroscedastic=heteroscedastic,
             extra_variance=None
             if cov is None
-            else (lambda beta: input_variance(basis, X, cov, beta)),
+            else (lambda beta: _propagated_variance(basis, Xs, design, cov, beta)),
         )
         loc_noise = np.r_[np.log(s_y / 2), np.zeros(n_feature + U.shape[1])]
         terms = pt.concatenate([pt.ones((x_d.shape[0], 1)), x_d, design_d], axis=1)
@@ -461,7 +456,9 @@ def build_model(
             # The feature errors propagated through the plug-in mean (fixed, see build_model)
             pm.Data("input_noise_coef", shift, dims="term")
             variance = variance + pm.Data(
-                "input_variance", input_variance(basis, X, cov, shift), dims="galaxy"
+                "input_variance",
+                _propagated_variance(basis, Xs, design, cov, shift),
+                dims="galaxy",
             )
         sigma = pt.sqrt(variance) * pt.ones_like(mu)
         if likelihood == "normal":
@@ -622,9 +619,9 @@ def galaxy_data(
             )
         # Linear terms are clipped at the training range but keep their slope here: the
         # error on a galaxy beyond the edge still moves it along the colour-redshift relation.
-        data["input_variance"] = input_variance(
-            basis, X, feature_errors, model["input_noise_coef"].get_value()
-        )
+        cov = feature_error_covariance(feature_errors, *X.shape)
+        coef = model["input_noise_coef"].get_value()
+        data["input_variance"] = _propagated_variance(basis, Xs, data["design"], cov, coef)
     elif feature_errors is not None:
         raise ValueError(
             "feature_errors given, but the model was built without them, so they would be "
