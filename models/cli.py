@@ -207,8 +207,8 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="NUTS, ADVI, or auto: NUTS up to 5,000 training galaxies",
     )
-    pz.add_argument("--draws", type=_positive_int, default=500, help="draws per chain")
-    pz.add_argument("--tune", type=_nonnegative_int, default=500, help="tuning steps per chain")
+    pz.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
+    pz.add_argument("--tune", type=_nonnegative_int, default=1000, help="tuning steps per chain")
     pz.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
     pz.add_argument("--seed", type=int, default=20260, help="seed of everything random")
     pz.add_argument(
@@ -442,10 +442,8 @@ def _demo(out: Path, seed: int) -> int:
             test_size=800,
             basis=30,
             # divide-weighted at this size leaves a component of a few effective galaxies
-            # that does not converge cleanly; the other three variants do at 1000 draws.
+            # that does not converge cleanly; the other three variants do.
             modes=("simple", "weighted", "divide"),
-            draws=1000,
-            tune=1000,
             seed=seed,
         )
     )

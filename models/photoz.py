@@ -497,16 +497,23 @@ def fit(
     progressbar: bool = False,
     cores: int | None = None,
     target_accept: float | None = None,
+    adaptation: str | None = "low_rank",
 ) -> xr.DataTree:
     """Fit with NUTS or with mean-field ADVI (``pm.fit``) for large training sets.
 
     Returns the posterior with the pointwise log-likelihood (``log_likelihood``) either way;
-    NUTS adds ``sample_stats``. NUTS's ``target_accept`` defaults to 0.8, and to 0.98 for a
-    weighted model: a few heavily weighted galaxies make narrow ridges in the posterior (where
-    their noise nears its floor), which larger steps cross with divergences (in 4,000 draws of
-    the notebook's weighted fit: 102 at 0.8, 1 at 0.95, none at 0.98). ADVI draws
-    ``draws * chains`` samples from the fitted approximation (its convergence is not checked
-    by r-hat; look at the loss history in ``idata.attrs["advi_loss"]``).
+    NUTS adds ``sample_stats``. NUTS's mass matrix is adapted with nutpie's ``"low_rank"``
+    method by default (``adaptation=None`` for a diagonal one): the posterior correlates the
+    mean's colour slopes with the noise's, which the fixed preconditioner (one block per
+    coefficient vector) leaves in place. On the run's 3,000-galaxy catalogue (457 spectra)
+    the least-mixed parameter's bulk ESS in 1,000 draws rose from 151 (r-hat 1.02) to 411.
+
+    NUTS's ``target_accept`` defaults to 0.8, and to 0.98 for a weighted model: a few
+    heavily weighted galaxies make narrow ridges in the posterior (where their noise nears its
+    floor), which larger steps cross with divergences (in 4,000 draws of the notebook's
+    weighted fit: 102 at 0.8, 1 at 0.95, none at 0.98). ADVI draws ``draws * chains`` samples
+    from the fitted approximation (its convergence is not checked by r-hat; look at the loss
+    history in ``idata.attrs["advi_loss"]``).
     """
     from models.inference import sample_posterior
 
@@ -525,6 +532,7 @@ def fit(
             progressbar=progressbar,
             cores=cores,
             target_accept=target_accept,
+            adaptation=adaptation,
         )
     if method != "advi":
         raise ValueError(f"method must be 'nuts' or 'advi', got {method!r}.")

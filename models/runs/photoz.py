@@ -79,8 +79,8 @@ class PhotozRunConfig:
     max_weight: float = 100.0
     basis: int = 100
     method: str = "auto"
-    draws: int = 500
-    tune: int = 500
+    draws: int = 1000
+    tune: int = 1000
     chains: int = 2
     seed: int = 20260
     bands: tuple[str, ...] = BANDS
