@@ -14,7 +14,9 @@ An H-band (F160W) selected deep field with four HST bands, built from documented
   ``beta_opt`` above, joined by a 4000 A / Balmer break of amplitude ``D4000`` smoothed over
   ~150 A, zero below the 912 A Lyman limit. Dust follows the Charlot & Fall (2000) power law,
   ``A_lambda = A_V (lambda / 5500 A)^-0.7``. The mix of types changes with redshift (fewer old
-  ellipticals, more starbursts at high z). Emission lines are not modelled.
+  ellipticals, more starbursts at high z). Emission lines ([O II] 3727 A, [O III] + H-beta
+  at 4980 A, H-alpha) are delta functions of the template's rest equivalent width, reddened with
+  the continuum.
 - **Intergalactic attenuation.** Madau (1995) Lyman-series forest, ``tau = sum_j A_j
   (lambda_obs / lambda_j)^3.46`` for ``lambda_j < lambda_obs < lambda_j (1 + z)`` with
   ``A_j = 3.6e-3, 1.7e-3, 1.2e-3, 9.3e-4`` for Ly-alpha to Ly-delta, and no flux below the Lyman

@@ -83,6 +83,7 @@ __all__ = [
     "fit",
     "galaxy_data",
     "input_variance",
+    "model_basis",
     "predict",
     "prediction_summary",
 ]
@@ -562,6 +563,20 @@ def fit(
     return idata
 
 
+def model_basis(model: pm.Model) -> RBFBasis:
+    """Return the radial basis functions (and feature scaling) of a :func:`build_model` model.
+
+    Use it to fit another model on the same functions, e.g. a constant-noise model to compare
+    with LOO.
+    """
+    return RBFBasis(
+        feature_center=model["feature_center"].get_value(),
+        feature_scale=model["feature_scale"].get_value(),
+        centers=model["basis_center"].get_value(),
+        length_scales=model["basis_length_scale"].get_value(),
+    )
+
+
 def galaxy_data(
     model: pm.Model,
     features: Any,
@@ -589,12 +604,7 @@ def galaxy_data(
         nutpie's ``with_data``.
     """
     X = as_finite_array("features", features, ndim=2)
-    basis = RBFBasis(
-        feature_center=model["feature_center"].get_value(),
-        feature_scale=model["feature_scale"].get_value(),
-        centers=model["basis_center"].get_value(),
-        length_scales=model["basis_length_scale"].get_value(),
-    )
+    basis = model_basis(model)
     n_extra = len(model.coords["noise_input"]) - X.shape[1]
     if n_extra > 0 and noise_inputs is None:
         raise ValueError(

@@ -47,6 +47,7 @@ from models.photoz import (
     build_model,
     combine_divided,
     fit,
+    model_basis,
     parameter_names,
     predict,
     prediction_summary,
@@ -403,11 +404,12 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     X = train.features
     if "simple" in variants:
-        _, idata_h = variants["simple"].fits[0]
+        model_h, idata_h = variants["simple"].fits[0]
     else:
-        _, idata_h = _train_one(config, train, z, None, rng)
-    basis = rbf_basis(X, z, _n_basis(config, None, z.size), rng=rng)
-    # both models get the propagated photometric errors (data; each through its own plug-in fit)
+        model_h, idata_h = _train_one(config, train, z, None, rng)
+    # The same basis functions, so that only the noise differs; both models get the propagated
+    # photometric errors (data, each through its own plug-in fit).
+    basis = model_basis(model_h)
     model_c = build_model(
         X,
         z,

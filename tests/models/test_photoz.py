@@ -205,6 +205,17 @@ def test_galaxy_data_of_the_training_set_is_the_models_own(toy):
     np.testing.assert_allclose(far.max(axis=0), model["scaled_high"].get_value())
 
 
+def test_model_basis_returns_the_functions_the_model_was_built_on(toy):
+    """A second model on ``model_basis(model)`` has the first one's design matrix."""
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    again = photoz.model_basis(model)
+    for field in ("feature_center", "feature_scale", "centers", "length_scales"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(basis, field), err_msg=field)
+    constant = photoz.build_model(X, z, basis=again, heteroscedastic=False)
+    np.testing.assert_array_equal(constant["design"].get_value(), basis.design(X))
+
+
 def test_noise_inputs_enter_the_log_noise(toy):
     """ln s_i = c + x_i . g + u_i . h with u the robust-scaled noise inputs; predict needs them."""
     X, z, basis, _ = toy
