@@ -743,12 +743,21 @@ def combine_divided(samples: list[Any], responsibility: Any, *, rng: Any = None)
 
 
 def prediction_summary(samples: Any) -> dict[str, np.ndarray]:
-    """Predictive mean (the point estimate ``z_phot``), median, sd and 68 %/95 % intervals."""
+    """Point estimate ``z_phot`` (the predictive median), mean, sd and 68 %/95 % intervals.
+
+    The model is Gaussian in ``log(1 + z)``, so the median in ``z`` is ``exp(mu) - 1``, the
+    model's own central value, and is the Bayes point estimate for absolute error in
+    ``log(1 + z)`` (about ``|dz| / (1 + z)``, what sigma_NMAD and the outlier fraction
+    measure). The mean in ``z`` is pulled up by ``exp(sigma^2 / 2)`` wherever the predictive
+    distribution is wide: at the default run's seed 8 (10,000 galaxies, 100 functions) the
+    simple fit's sigma_NMAD was 0.241 with the mean and 0.185 with the median, and its faint
+    (F160W > 26.5) bias +0.47 against +0.12. ``z_mean`` is kept for mean-squared-error uses.
+    """
     s = np.asarray(samples, dtype=float)
     q = np.quantile(s, [0.025, 0.16, 0.5, 0.84, 0.975], axis=1)
     return {
-        "z_phot": s.mean(axis=1),
-        "z_median": q[2],
+        "z_phot": q[2],
+        "z_mean": s.mean(axis=1),
         "z_sd": s.std(axis=1),
         "z_lo68": q[1],
         "z_hi68": q[3],

@@ -24,7 +24,7 @@ The table gives seconds of ours and of the reference and their ratio *ours / ref
 many times longer ours takes (the other benchmarks print reference / ours because there ours
 is the faster; here the reference is a point estimator and far cheaper, so the slow-down reads
 better). Below it: sigma_NMAD, bias and outlier fraction of both on the test set
-(:func:`data_tools.photoz.point_metrics`, ours' point estimate is the predictive mean) and the
+(:func:`data_tools.photoz.point_metrics`, ours' point estimate is the predictive median) and the
 coverage of our 68 % and 95 % predictive intervals (:func:`data_tools.photoz.interval_metrics`).
 
 Which galaxies
