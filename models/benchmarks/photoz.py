@@ -5,18 +5,17 @@ What is timed
 The issue's target: training and prediction wall time for 5,000 training galaxies with 100
 basis functions, against the scikit-learn baseline, in one run.
 
-1. Ours, stage by stage: the basis functions (:func:`data_tools.photoz.rbf_basis`: k-means
-   centres and the Gaussian-process length scales); the model
-   (:func:`models.photoz.build_model`: ARD relevances and the preconditioner, computed once);
-   the fit (:func:`models.photoz.fit`) with NUTS, 2 chains of 1000 tuning and 1000 kept
-   draws, and with ADVI (its default steps and convergence check, then 2000 draws), each
-   with compilation and the pointwise log-likelihood that :func:`~models.photoz.fit` always
-   adds included; and the prediction (:func:`models.photoz.predict`, compilation included,
-   then :func:`models.photoz.prediction_summary`), 2000 predictive draws per test galaxy.
-   Basis and model are built once and shared by both fits; each method's training total is
-   basis + build + its fit. The model is built without ``feature_errors`` (``run photoz``
-   passes them by default): they add one data vector, computed in ``build_model``, and do
-   not change what is sampled.
+1. Ours, stage by stage: the basis functions (:func:`data_tools.photoz.rbf_basis`: k-means centres
+   and the Gaussian-process length scales); the model (:func:`models.photoz.build_model`: ARD
+   relevances and the preconditioner, computed once); the fit (:func:`models.photoz.fit`) with NUTS
+   (its default low-rank mass matrix), 2 chains of 1000 tuning and 1000 kept draws, and with ADVI
+   (its default steps and convergence check, then 2000 draws), each with compilation and the
+   pointwise log-likelihood that :func:`~models.photoz.fit` always adds included; and the prediction
+   (:func:`models.photoz.predict`, compilation included, then
+   :func:`models.photoz.prediction_summary`), 2000 predictive draws per test galaxy. Basis and model
+   are built once and shared by both fits; each method's training total is basis + build + its fit.
+   The model is built without ``feature_errors`` (``run photoz`` passes them by default): they add
+   one data vector, computed in ``build_model``, and do not change what is sampled.
 2. The reference: ``sklearn.ensemble.HistGradientBoostingRegressor`` (defaults, as the
    baseline of ``astroweights run photoz``) ``fit`` on ``ln(1 + z)`` and ``predict``.
 

@@ -48,7 +48,12 @@ def test_outputs_are_complete(result):
         assert (out / name).stat().st_size > 0, name
     preds = pd.read_csv(out / "predictions.csv")
     assert len(preds) == report["catalogue"]["test"] == 2000
-    assert np.isfinite(preds["simple:z_phot"]).all()
+    assert np.isfinite(preds[["simple:z_phot", "simple:z_mean"]]).all(axis=None)
+    # z_phot is the predictive median, inside every 68 % interval (a mean need not be)
+    inside = (preds["simple:z_lo68"] <= preds["simple:z_phot"]) & (
+        preds["simple:z_phot"] <= preds["simple:z_hi68"]
+    )
+    assert inside.all()
     assert set(table["variant"]) == {"simple", "weighted", "divide", "hgb", "hgb-weighted"}
     # the test galaxies have no spectrum: the population, not the biased training sample
     assert "without z_spec" in report["catalogue"]["test_set"]
