@@ -141,7 +141,8 @@ def _preconditioners(
     noise is ten times smaller the mean is constrained a hundred times more tightly. With
     ``extra_variance`` (a function of the mean's coefficients: :func:`input_variance`) each
     galaxy's variance also includes its feature errors propagated through the previous
-    iteration's mean, and the noise is fitted to what the residuals leave beyond them.
+    iteration's mean, and the noise is fitted to what the residuals leave beyond them; the
+    last of these (at the returned mean coefficients) is returned too, zeros without it.
     """
     noise = np.zeros(noise_terms.shape[1])
     noise[0] = 0.5 * np.log(np.var(y))
@@ -163,7 +164,7 @@ def _preconditioners(
             left = np.average(resid**2 - extra, weights=w)
             noise[0] = 0.5 * np.log(max(left, NOISE_FLOOR**2))
     chol = [np.linalg.cholesky(np.linalg.inv(p)) for p in (prec_mean, prec_noise)]
-    return coef, chol[0], noise, chol[1]
+    return coef, chol[0], noise, chol[1], extra
 
 
 def relevance_sd(
@@ -417,7 +418,7 @@ def build_model(
         ]
         loc_mean = np.r_[y_bar, np.zeros(n_feature + basis.n_basis)]
         sd_noise = np.r_[1.0, np.full(n_feature + U.shape[1], 0.5)]
-        shift, chol_mean, noise_shift, chol_noise = _preconditioners(
+        shift, chol_mean, noise_shift, chol_noise, extra = _preconditioners(
             terms_np,
             np.column_stack([np.ones(z.size), Xs, Us]),
             y,
@@ -455,12 +456,9 @@ def build_model(
         variance = NOISE_FLOOR**2 + pt.sigmoid(log_sigma) ** 2
         if cov is not None:
             # The feature errors propagated through the plug-in mean (fixed, see build_model)
+            # (the preconditioner's last iteration computed it at ``shift``)
             pm.Data("input_noise_coef", shift, dims="term")
-            variance = variance + pm.Data(
-                "input_variance",
-                _propagated_variance(basis, Xs, design, cov, shift),
-                dims="galaxy",
-            )
+            variance = variance + pm.Data("input_variance", extra, dims="galaxy")
         sigma = pt.sqrt(variance) * pt.ones_like(mu)
         if likelihood == "normal":
             params, logp, random = (mu, sigma, w_d), _weighted_normal_logp, _normal_random
