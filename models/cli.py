@@ -200,6 +200,13 @@ def _parser() -> argparse.ArgumentParser:
         "colour-redshift relation (GPz's input noise, default), as inputs of the log-noise "
         "(GPz++), or not at all",
     )
+    pz.add_argument(
+        "--likelihood",
+        choices=("student_t", "normal"),
+        default="student_t",
+        help="noise of ln(1 + z) about the mean: Student-t (default; robust to the colour "
+        "degeneracies' catastrophic outliers) or normal (GPz)",
+    )
     pz.add_argument("--basis", type=_positive_int, default=100, help="basis functions (100)")
     pz.add_argument(
         "--method",
@@ -257,6 +264,12 @@ def _parser() -> argparse.ArgumentParser:
     bpz.add_argument("--test", type=_positive_int, default=5000, help="galaxies to predict")
     bpz.add_argument("--basis", type=_positive_int, default=100, help="basis functions")
     bpz.add_argument("--skip-nuts", action="store_true", help="time ADVI only")
+    bpz.add_argument(
+        "--likelihood",
+        choices=("student_t", "normal"),
+        default="student_t",
+        help="the model's noise (run photoz's default: student_t)",
+    )
     bpz.add_argument("--seed", type=int, default=1)
     bsbc = bench_sub.add_parser("sbc", help="SBC replicates per minute on 1 and 2 local workers")
     bsbc.add_argument("--case", default="gamma-dm", help="use case (default gamma-dm)")
@@ -398,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_basis=args.basis,
                 seed=args.seed,
                 methods=("advi",) if args.skip_nuts else ("nuts", "advi"),
+                likelihood=args.likelihood,
             )
             return 0
         if args.command == "bench" and args.use_case == "sbc":

@@ -73,6 +73,7 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 from pymc.logprob.transforms import Transform
+from scipy import special
 
 from data_tools.checks import as_finite_array, as_int
 from data_tools.photoz import RBFBasis
@@ -84,6 +85,7 @@ __all__ = [
     "galaxy_data",
     "input_variance",
     "model_basis",
+    "parameter_names",
     "predict",
     "prediction_summary",
 ]
@@ -99,6 +101,9 @@ _DATA = (
 NOISE_FLOOR = 0.02
 """Floor of the noise standard deviation in ln(1 + z) (about 2 % in redshift)."""
 LIKELIHOODS = ("normal", "student_t")
+Z_MAX = 15.0
+"""The Student-t's predictive draws keep |ln(1 + z)| <= ln(1 + Z_MAX), i.e. -0.94 < z <= 15
+(no galaxy is known beyond z ~ 14)."""
 
 
 class _Affine(Transform):
@@ -273,7 +278,13 @@ def _weighted_student_t_logp(value, mu, sigma, nu, weight):
 
 
 def _student_t_random(mu, sigma, nu, weight, rng=None, size=None):
-    return mu + sigma * rng.standard_t(nu, size=size)
+    # Inverse-CDF draws from the t truncated to |ln(1 + z)| <= ln(1 + Z_MAX): with a few degrees
+    # of freedom its tails reach ln(1 + z) > 700, where exp overflows, and z = -1 exactly below.
+    size = np.broadcast_shapes(np.shape(mu), np.shape(sigma)) if size is None else size
+    edge = np.log1p(Z_MAX)
+    lower = special.stdtr(nu, (-edge - mu) / sigma)
+    upper = special.stdtr(nu, (edge - mu) / sigma)
+    return mu + sigma * special.stdtrit(nu, lower + rng.uniform(size=size) * (upper - lower))
 
 
 def build_model(
@@ -306,8 +317,11 @@ def build_model(
     heteroscedastic
         Noise varying with the features (GPz) or one noise level for all galaxies.
     likelihood
-        ``"normal"`` (GPz) or ``"student_t"``: a Student-t with the same scale and degrees of
-        freedom ``nu ~ Gamma(2, 0.1)`` (sampled), for residuals with catastrophic outliers.
+        ``"normal"`` (GPz) or ``"student_t"`` (``run photoz``'s default): a Student-t with the
+        same scale and degrees of freedom ``nu ~ LogNormal(ln 7, 0.4)`` (sampled), for residuals
+        with catastrophic outliers. Its predictive draws come from the t truncated to
+        ``|ln(1 + z)| <= ln(1 + Z_MAX)`` (``-0.94 < z <= 15``), whose tails would otherwise
+        reach redshifts that overflow.
     noise_inputs
         Optional extra inputs of the log-noise, shape ``(n_galaxy, k)``, e.g. the logarithms
         of the magnitude errors: as in GPz++, fainter photometry then means wider predictive
@@ -463,8 +477,10 @@ def build_model(
         if likelihood == "normal":
             params, logp, random = (mu, sigma, w_d), _weighted_normal_logp, _normal_random
         else:
-            # Gamma(2, 0.1): mode 10, mean 20, 5 % below nu = 3.6 (Juarez & Steel 2010)
-            nu = pm.Gamma("nu", alpha=2.0, beta=0.1)
+            # Median 7, 90 % in 3.6-13.5. The broad Gamma(2, 0.1) (Juarez & Steel 2010) let
+            # small or weighted training sets reach nu ~ 1, where nu trades off against the
+            # noise's scale: bulk ESS 90 of 4,000 draws in the notebook's weighted fit.
+            nu = pm.LogNormal("nu", mu=np.log(7.0), sigma=0.4)
             params = (mu, sigma, nu, w_d)
             logp, random = _weighted_student_t_logp, _student_t_random
         pm.CustomDist(

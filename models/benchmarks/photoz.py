@@ -7,7 +7,8 @@ basis functions, against the scikit-learn baseline, in one run.
 
 1. Ours, stage by stage: the basis functions (:func:`data_tools.photoz.rbf_basis`: k-means centres
    and the Gaussian-process length scales); the model (:func:`models.photoz.build_model`: ARD
-   relevances and the preconditioner, computed once); the fit (:func:`models.photoz.fit`) with NUTS
+   relevances and the preconditioner, computed once; Student-t noise by default, as
+   ``run photoz``, or ``--likelihood normal``); the fit (:func:`models.photoz.fit`) with NUTS
    (its default low-rank mass matrix), 2 chains of 1000 tuning and 1000 kept draws, and with ADVI
    (its default steps and convergence check, then 2000 draws), each with compilation and the
    pointwise log-likelihood that :func:`~models.photoz.fit` always adds included; and the prediction
@@ -77,7 +78,7 @@ from data_tools.photoz import (
     simulate_galaxy_catalog,
 )
 from models.inference import convergence
-from models.photoz import build_model, fit, predict, prediction_summary
+from models.photoz import LIKELIHOODS, build_model, fit, predict, prediction_summary
 from models.runs.photoz import feature_names, regression_features
 
 __all__ = ["main"]
@@ -139,6 +140,7 @@ def main(
     n_basis: int = 100,
     seed: int = 1,
     methods: Sequence[str] = METHODS,
+    likelihood: str = "student_t",
 ) -> dict[str, Any]:
     """Time training and prediction of ours and of gradient boosting; print as it goes.
 
@@ -152,6 +154,8 @@ def main(
         Seed of the catalogue, the split, the basis, the fits and the prediction.
     methods
         Our fitting methods to time, from ``("nuts", "advi")`` (NUTS takes minutes).
+    likelihood
+        The model's noise, ``"student_t"`` (``run photoz``'s default) or ``"normal"`` (GPz's).
 
     Returns
     -------
@@ -168,7 +172,7 @@ def main(
     Raises
     ------
     ValueError
-        Sizes below 1, ``n_basis > n_train``, or an unknown method.
+        Sizes below 1, ``n_basis > n_train``, an unknown method or likelihood.
     """
     for name, value in (("n_train", n_train), ("n_test", n_test), ("n_basis", n_basis)):
         if int(value) != value or value < 1:
@@ -182,17 +186,21 @@ def main(
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"methods must be chosen from {METHODS}, got {list(methods)}.")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
     seeds = np.random.SeedSequence(seed).spawn(5 + len(METHODS))
     out: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "n_train": int(n_train),
         "n_test": int(n_test),
         "n_basis": int(n_basis),
+        "likelihood": likelihood,
         "seed": int(seed),
     }
     _say(
         f"astroweights bench photoz: {n_train:,} training and {n_test:,} test galaxies, "
-        f"{n_basis} basis functions, methods {', '.join(methods) or 'none'}, seed {seed}"
+        f"{n_basis} basis functions, {likelihood} noise, "
+        f"methods {', '.join(methods) or 'none'}, seed {seed}"
     )
     _say(f"machine: os.cpu_count() = {os.cpu_count()}; {_load()}")
 
@@ -248,6 +256,7 @@ def main(
         X_train,
         z_train,
         basis=basis,
+        likelihood=likelihood,
         feature_names=feature_names(BANDS),
     )
     for method in methods:
@@ -401,8 +410,8 @@ def _summary(out: dict[str, Any], methods: Sequence[str]) -> str:
     )
     setup = (
         f"{out['n_train']:,} training and {out['n_test']:,} test galaxies (random split, z_true), "
-        f"{out['n_basis']} basis functions; {out['cpu_count']} CPUs; at the end: "
-        f"{out['load_end']}"
+        f"{out['n_basis']} basis functions, {out['likelihood']} noise; {out['cpu_count']} CPUs; "
+        f"at the end: {out['load_end']}"
     )
     return _table(rows) + "\n" + hgb_threads + "\n\n" + _table(metric_rows) + "\n" + setup
 
@@ -417,6 +426,9 @@ def _cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--basis", type=int, default=100, help="radial basis functions")
     parser.add_argument("--seed", type=int, default=1, help="seed of everything random")
     parser.add_argument("--skip-nuts", action="store_true", help="time ADVI only (no NUTS)")
+    parser.add_argument(
+        "--likelihood", choices=LIKELIHOODS, default="student_t", help="the model's noise"
+    )
     args = parser.parse_args(argv)
     if min(args.train, args.test, args.basis) < 1:
         parser.error("--train, --test and --basis must be >= 1")
@@ -424,7 +436,12 @@ def _cli(argv: list[str] | None = None) -> int:
         parser.error("--basis must not exceed --train")
     methods = ("advi",) if args.skip_nuts else METHODS
     out = main(
-        n_train=args.train, n_test=args.test, n_basis=args.basis, seed=args.seed, methods=methods
+        n_train=args.train,
+        n_test=args.test,
+        n_basis=args.basis,
+        seed=args.seed,
+        methods=methods,
+        likelihood=args.likelihood,
     )
     return int(any(f"{m}_error" in out for m in methods))
 

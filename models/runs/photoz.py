@@ -44,6 +44,7 @@ from data_tools.photoz import (
 from models import plots
 from models.inference import compare_models, convergence, loo_summary
 from models.photoz import (
+    LIKELIHOODS,
     build_model,
     combine_divided,
     fit,
@@ -90,6 +91,7 @@ class PhotozRunConfig:
     z_column: str = "z_spec"
     compare: bool = True
     photometric_errors: str = "propagate"
+    likelihood: str = "student_t"
     quiet: bool = False
     _fields_checked: bool = field(default=True, repr=False)
 
@@ -117,6 +119,8 @@ class PhotozRunConfig:
                 f"photometric_errors must be one of {PHOTOMETRIC_ERRORS}, got "
                 f"{self.photometric_errors!r}."
             )
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}.")
         if len(self.bands) < 2:
             raise ValueError(f"bands needs at least two bands, got {list(self.bands)}.")
 
@@ -232,15 +236,17 @@ def _inputs(cat: pd.DataFrame, config: PhotozRunConfig) -> Inputs:
     return Inputs(regression_features(cat, config.bands), log_err, cov)
 
 
-def _train_one(config, inputs, z, weights, rng):
+def _build(config, inputs, z, weights, rng):
+    """Build the run's model for one training set: basis functions, likelihood, errors."""
     X = inputs.features
     n_basis = _n_basis(config, weights, z.size)
     basis = rbf_basis(X, z, n_basis, weights=weights, rng=rng)
-    model = build_model(
+    return build_model(
         X,
         z,
         basis=basis,
         weights=weights,
+        likelihood=config.likelihood,
         noise_inputs=inputs.log_errors,
         feature_errors=inputs.covariance,
         feature_names=feature_names(config.bands),
@@ -248,6 +254,10 @@ def _train_one(config, inputs, z, weights, rng):
         if inputs.log_errors is None
         else [f"ln err {b}" for b in config.bands],
     )
+
+
+def _train_one(config, inputs, z, weights, rng):
+    model = _build(config, inputs, z, weights, rng)
     idata = fit(
         model,
         method=_method(config, z.size),
@@ -415,6 +425,7 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
         z,
         basis=basis,
         heteroscedastic=False,
+        likelihood=config.likelihood,
         feature_errors=train.covariance,
         feature_names=feature_names(config.bands),
     )

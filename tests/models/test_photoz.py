@@ -83,7 +83,10 @@ def test_student_t_loglik_against_scipy_and_its_draws(toy):
     """log L_i = w_i log t_nu(ln(1+z_i) | mu_i, sigma_i); predictive draws have t quantiles."""
     X, z, basis, weights = toy
     model = photoz.build_model(X, z, basis=basis, weights=weights, likelihood="student_t")
-    assert "nu" in model.named_vars
+    # nu's prior: ln nu ~ N(ln 7, 0.4)
+    ln_nu = np.log(pm.draw(model["nu"], draws=8000, random_seed=5))
+    want = stats.norm.ppf([0.05, 0.5, 0.95], np.log(7.0), 0.4)
+    np.testing.assert_allclose(np.quantile(ln_nu, [0.05, 0.5, 0.95]), want, atol=0.03)
     rng = np.random.default_rng(11)
     coef, noise_coef = rng.normal(0, 0.3, 11), np.array([-1.5, 0.4, -0.3])
     idata = _posterior(model, coef, noise_coef, nu=3.5)
@@ -102,6 +105,18 @@ def test_student_t_loglik_against_scipy_and_its_draws(toy):
     got = np.quantile(np.log1p(draws), [0.05, 0.25, 0.75, 0.95])
     want = stats.t.ppf([0.05, 0.25, 0.75, 0.95], 3.5, mu0, s0)
     np.testing.assert_allclose(got, want, atol=0.12 * s0)
+    # nu = 1 and the widest noise: the draws stay within |ln(1 + z)| <= ln(1 + Z_MAX), with the
+    # truncated t's quantiles
+    wide = _posterior(model, coef, np.array([8.0, 0.0, 0.0]), n_draws=4000, nu=1.0)
+    draws = np.log1p(photoz.predict(model, wide, X[:1], rng=3).values[0])
+    s_wide = np.sqrt(photoz.NOISE_FLOOR**2 + (np.exp(8) / (1 + np.exp(8))) ** 2)
+    top = np.log1p(photoz.Z_MAX)
+    assert np.isfinite(draws).all() and np.abs(draws).max() <= top
+    low, high = stats.t.cdf([-top, top], 1.0, mu0, s_wide)
+    assert high - low < 0.9  # the cut matters here
+    q = np.array([0.1, 0.5, 0.9])
+    want = stats.t.ppf(low + q * (high - low), 1.0, mu0, s_wide)
+    np.testing.assert_allclose(np.quantile(draws, q), want, atol=0.1 * s_wide)
 
 
 def test_preconditioner_changes_no_posterior(toy):
@@ -243,10 +258,11 @@ def test_noise_inputs_enter_the_log_noise(toy):
     assert draws.shape == (5, 1)
 
 
-def test_advi_starts_at_the_plug_in_fit_and_predicts(toy):
+@pytest.mark.parametrize("likelihood", photoz.LIKELIHOODS)
+def test_advi_starts_at_the_plug_in_fit_and_predicts(toy, likelihood):
     """pm.fit from the preconditioner's centre: the fitted mean stays near the ridge solution."""
     X, z, basis, _ = toy
-    model = photoz.build_model(X, z, basis=basis)
+    model = photoz.build_model(X, z, basis=basis, likelihood=likelihood)
     idata = photoz.fit(model, method="advi", draws=100, chains=1, vi_steps=3000, rng=0)
     assert idata["posterior"].sizes["draw"] == 100
     assert idata["log_likelihood"]["log1pz"].shape[-1] == z.size
@@ -376,3 +392,35 @@ def test_run_photometric_errors_choose_the_inputs():
     assert got["ignore"].log_errors is None and got["ignore"].covariance is None
     with pytest.raises(ValueError, match="photometric_errors must be one of"):
         PhotozRunConfig(photometric_errors="both")
+
+
+def test_run_likelihood_reaches_both_models(monkeypatch):
+    """--likelihood sets the noise of every model the run builds, the LOO baseline's too."""
+    from data_tools.photoz import simulate_galaxy_catalog
+    from models.runs import photoz as run_photoz
+
+    cat = simulate_galaxy_catalog(300, rng=4)
+    inputs = run_photoz._inputs(cat, run_photoz.PhotozRunConfig())
+    z = cat["z_true"].to_numpy()
+    for likelihood, has_nu in [("student_t", True), ("normal", False)]:
+        config = run_photoz.PhotozRunConfig(likelihood=likelihood, basis=8)
+        model = run_photoz._build(config, inputs, z, None, np.random.default_rng(1))
+        assert ("nu" in run_photoz.parameter_names(model)) is has_nu
+        assert ("nu" in model.named_vars) is has_nu
+    assert run_photoz.PhotozRunConfig().likelihood == "student_t"
+    # the constant-noise model of the LOO comparison gets the run's likelihood too
+
+    class Built(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        raise Built(kwargs["likelihood"])
+
+    monkeypatch.setattr(run_photoz, "build_model", record)
+    simple = run_photoz.Variant(np.zeros((1, 1)), [(model, None)])
+    with pytest.raises(Built, match=r"^normal$"):
+        run_photoz._loo_noise_models(
+            run_photoz.PhotozRunConfig(likelihood="normal"), inputs, z, {"simple": simple}, 1
+        )
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        run_photoz.PhotozRunConfig(likelihood="cauchy")
