@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="NUTS, ADVI, or auto: NUTS up to 5,000 training galaxies",
     )
-    pz.add_argument("--draws", type=_positive_int, default=1000, help="draws per chain")
+    pz.add_argument("--draws", type=_positive_int, default=2000, help="draws per chain (2000)")
     pz.add_argument("--tune", type=_nonnegative_int, default=1000, help="tuning steps per chain")
     pz.add_argument("--chains", type=_positive_int, default=2, help="number of chains")
     pz.add_argument("--seed", type=int, default=20260, help="seed of everything random")
