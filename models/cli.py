@@ -73,6 +73,10 @@ def _option(text: str) -> tuple[str, object]:
     return key.replace("-", "_"), value
 
 
+PHOTOZ_LIKELIHOODS = ("student_t", "normal")
+"""``models.photoz.LIKELIHOODS``, default first, spelled out so parsing does not import PyMC."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="astroweights",
@@ -202,8 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     pz.add_argument(
         "--likelihood",
-        choices=("student_t", "normal"),
-        default="student_t",
+        choices=PHOTOZ_LIKELIHOODS,
+        default=PHOTOZ_LIKELIHOODS[0],
         help="noise of ln(1 + z) about the mean: Student-t (default; robust to the colour "
         "degeneracies' catastrophic outliers) or normal (GPz)",
     )
@@ -266,8 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     bpz.add_argument("--skip-nuts", action="store_true", help="time ADVI only")
     bpz.add_argument(
         "--likelihood",
-        choices=("student_t", "normal"),
-        default="student_t",
+        choices=PHOTOZ_LIKELIHOODS,
+        default=PHOTOZ_LIKELIHOODS[0],
         help="the model's noise (run photoz's default: student_t)",
     )
     bpz.add_argument("--seed", type=int, default=1)

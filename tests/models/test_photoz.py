@@ -406,8 +406,12 @@ def test_run_likelihood_reaches_both_models(monkeypatch):
         config = run_photoz.PhotozRunConfig(likelihood=likelihood, basis=8)
         model = run_photoz._build(config, inputs, z, None, np.random.default_rng(1))
         assert ("nu" in run_photoz.parameter_names(model)) is has_nu
-        assert ("nu" in model.named_vars) is has_nu
     assert run_photoz.PhotozRunConfig().likelihood == "student_t"
+    # the command line offers the same likelihoods, with the same default
+    from models.cli import PHOTOZ_LIKELIHOODS
+
+    assert set(PHOTOZ_LIKELIHOODS) == set(photoz.LIKELIHOODS)
+    assert PHOTOZ_LIKELIHOODS[0] == run_photoz.PhotozRunConfig().likelihood
     # the constant-noise model of the LOO comparison gets the run's likelihood too
 
     class Built(Exception):
