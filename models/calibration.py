@@ -94,6 +94,19 @@ class Case:
     parameters: tuple[str, ...]
     sizes: Mapping[str, str]
     function: str
+    option_parameters: Mapping[tuple[str, Any], tuple[str, ...]] = field(default_factory=dict)
+    """Parameters ranked in addition when an option has a value: ``{(option, value): names}``
+    (e.g. a likelihood option that adds a parameter to the model)."""
+
+    def parameters_for(self, options: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """Return the parameters ranked by a study run with ``options``."""
+        extra = [
+            name
+            for (option, value), names in self.option_parameters.items()
+            if (options or {}).get(option) == value
+            for name in names
+        ]
+        return (*self.parameters, *extra)
 
     def resolve(self) -> Callable[..., FitResult]:
         """Import and return the case's simulate-and-fit function."""
@@ -140,6 +153,7 @@ CASES: dict[str, Case] = {
             "medium": "deep field of 6,000 galaxies (about 1,000 fitted), 30 basis functions",
         },
         "models.runs.sbc:photoz_replicate",
+        {("likelihood", "student_t"): ("nu",)},
     ),
 }
 """The use cases SBC knows, by command-line name."""
@@ -188,7 +202,8 @@ def run_replicate(
     }
     try:
         result = spec.resolve()(fit_seed, size=size, **dict(options or {}))
-        record.update(_ranks(result, spec.parameters, n_rank_draws, jitter_seed))
+        parameters = spec.parameters_for(options)
+        record.update(_ranks(result, parameters, n_rank_draws, jitter_seed))
         record["status"] = "ok"
     except Exception as err:  # a failed replicate is data: record it, keep going
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -302,7 +317,7 @@ def run_sbc(
     if todo:
         _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, replicates)
     records = load_records(out, range(replicates))
-    return summarise(records, spec.parameters, settings)
+    return summarise(records, spec.parameters_for(options), settings)
 
 
 def _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, total) -> None:

@@ -12,6 +12,11 @@ from models.runs.sbc import PHOTOZ_PARAMETERS
 
 def test_the_case_ranks_what_the_replicate_returns():
     assert CASES["photoz"].parameters == tuple(PHOTOZ_PARAMETERS)
+    # the Student-t model's degrees of freedom are ranked too, when the study samples them
+    case = CASES["photoz"]
+    assert case.parameters_for({"likelihood": "student_t"}) == (*PHOTOZ_PARAMETERS, "nu")
+    assert case.parameters_for({"likelihood": "normal"}) == tuple(PHOTOZ_PARAMETERS)
+    assert case.parameters_for(None) == tuple(PHOTOZ_PARAMETERS)
 
 
 @pytest.mark.slow
@@ -25,8 +30,11 @@ def test_ranks_are_uniform_on_small_deep_fields(tmp_path):
 
 @pytest.mark.slow
 def test_a_replicate_reruns_alone_to_the_same_ranks():
-    a = run_replicate("photoz", 3, seed=11)
-    b = run_replicate("photoz", 3, seed=11)
-    assert a["status"] == b["status"] == "ok"
+    # the Student-t model, run photoz's default, whose nu is ranked with the coefficients
+    options = {"likelihood": "student_t"}
+    a = run_replicate("photoz", 3, seed=11, options=options)
+    b = run_replicate("photoz", 3, seed=11, options=options)
+    assert a["status"] == b["status"] == "ok", a.get("error")
     assert a["rank"] == b["rank"]
+    assert set(a["rank"]) == {*PHOTOZ_PARAMETERS, "nu"}
     assert np.isfinite(list(a["truth"].values())).all()
