@@ -220,7 +220,9 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     -------
     dict
         ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences`` and ``ok`` (r-hat
-        <= 1.01, bulk and tail ESS >= 400, no divergence).
+        <= 1.01, bulk and tail ESS >= 400, no divergence); ``worst_r_hat`` and
+        ``worst_ess_bulk`` name the parameters (as in the summary, e.g. ``coef[basis70]``)
+        with the largest r-hat and the smallest bulk ESS, so a failed check says where to look.
     """
     table = summary_table(idata, var_names)
     stats = idata["sample_stats"]
@@ -230,6 +232,8 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
         "min_ess_bulk": float(table["ess_bulk"].min()),
         "min_ess_tail": float(table["ess_tail"].min()),
         "divergences": div,
+        "worst_r_hat": str(table["r_hat"].idxmax()),
+        "worst_ess_bulk": str(table["ess_bulk"].idxmin()),
     }
     out["ok"] = bool(
         out["max_r_hat"] <= 1.01

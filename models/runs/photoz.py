@@ -448,22 +448,25 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     }
 
 
-def _diagnostics(fits) -> dict[str, Any]:
+def _diagnostics(variant: Variant) -> dict[str, Any]:
     out = []
-    for model, idata in fits:
+    for k, (model, idata) in enumerate(variant.fits):
+        where = {"component": variant.members[k]} if variant.members else {}
         if "sample_stats" not in idata.children:
             out.append(
                 {"method": "advi", "ok": True, "n_galaxy": model.dim_lengths["galaxy"].eval()}
+                | where
             )
             continue
         d = convergence(idata, [n for n in parameter_names(model) if n != "basis_weight"])
         d["n_galaxy"] = int(model.dim_lengths["galaxy"].eval())
-        out.append(d)
+        out.append(d | where)
     return {"fits": out, "ok": all(d["ok"] for d in out)}
 
 
 def _report(config, split, mixtures, weights, division, variants, table, comparison, t_start):
     overall = table[table["group"] == "all"].set_index("variant")
+    diagnostics = {m: _diagnostics(v) for m, v in variants.items()}
     return {
         "config": {
             k: (str(v) if isinstance(v, Path) else v)
@@ -490,8 +493,7 @@ def _report(config, split, mixtures, weights, division, variants, table, compari
         },
         "overall": overall.drop(columns=["group", "bin"]).to_dict("index"),
         "seconds_per_variant": {m: v.seconds for m, v in variants.items()},
-        "diagnostics": {m: _diagnostics(v.fits) for m, v in variants.items()}
-        | {"ok": all(_diagnostics(v.fits)["ok"] for v in variants.values())},
+        "diagnostics": diagnostics | {"ok": all(d["ok"] for d in diagnostics.values())},
         "loo_noise_models": comparison,
         "loo_note": "LOO compares models fitted to the same galaxies with the same unweighted "
         "likelihood (here: heteroscedastic vs constant noise). Weighted variants multiply "
@@ -675,4 +677,18 @@ def format_report(report: dict[str, Any]) -> str:
         f"convergence: {'ok' if ok else 'CHECK (see report.json)'}; "
         f"{report['seconds']:.0f} s in all"
     )
+    for mode, diag in report["diagnostics"].items():
+        if mode == "ok":
+            continue
+        for one in diag["fits"]:
+            if one["ok"]:
+                continue
+            which = f"{mode} fit" + (
+                f" (component {one['component']})" if "component" in one else ""
+            )
+            lines.append(
+                f"  {which}: r-hat {one['max_r_hat']:.3f} ({one['worst_r_hat']}), bulk ESS "
+                f"{one['min_ess_bulk']:.0f} ({one['worst_ess_bulk']}), {one['divergences']} "
+                f"divergences"
+            )
     return "\n".join(lines)
