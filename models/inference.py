@@ -244,6 +244,19 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def format_convergence(diag: dict[str, Any]) -> str:
+    """One line of a :func:`convergence` result, naming the worst parameters, for run reports."""
+
+    def worst(key: str) -> str:
+        return f" ({diag[key]})" if key in diag else ""
+
+    return (
+        f"max r-hat {diag['max_r_hat']:.3f}{worst('worst_r_hat')}, min bulk ESS "
+        f"{diag['min_ess_bulk']:.0f}{worst('worst_ess_bulk')}, min tail ESS "
+        f"{diag['min_ess_tail']:.0f}, divergences {diag['divergences']}"
+    )
+
+
 def loo_summary(idata: xr.DataTree) -> dict[str, Any]:
     """PSIS-LOO of a model with one observed variable: elpd, its SE, p_loo and Pareto k."""
     with warnings.catch_warnings():

@@ -25,6 +25,7 @@ from models.gamma_dm import build_model
 from models.inference import (
     compare_models,
     convergence,
+    format_convergence,
     log_evidence,
     loo_summary,
     posterior_digest,
@@ -237,10 +238,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{name:<24}{t:>9.3f}{p['mean']:>9.3f}{p['sd']:>8.3f}{(p['mean'] - t) / p['sd']:>+7.2f}"
         )
     d = report["diagnostics"]
-    lines.append(
-        f"max r-hat {d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, divergences "
-        f"{d['divergences']} -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}"
-    )
+    lines.append(f"{format_convergence(d)} -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}")
     if "comparison" in report:
         best, other = report["comparison"][0], report["comparison"][1]
         lines.append(

@@ -23,7 +23,13 @@ from data_tools.halos import (
     simulate_lightcone,
 )
 from models import plots
-from models.inference import convergence, loo_summary, posterior_digest, sample_posterior
+from models.inference import (
+    convergence,
+    format_convergence,
+    loo_summary,
+    posterior_digest,
+    sample_posterior,
+)
 from models.mass_luminosity import PARAMETERS, build_model
 from models.runs._common import Progress, write_standard_outputs
 
@@ -180,10 +186,7 @@ def format_report(report: dict[str, Any]) -> str:
         ts = f"{t:.4f}" if t is not None else "-"
         lines.append(f"{name:<10}{ts:>10}{p['mean']:>10.4f}{p['sd']:>9.4f}{z:>7}")
     d = report["diagnostics"]
-    lines.append(
-        f"max r-hat {d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, divergences "
-        f"{d['divergences']} -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}"
-    )
+    lines.append(f"{format_convergence(d)} -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}")
     if "importance" in report:
         imp = report["importance"]
         lines.append(

@@ -20,6 +20,7 @@ from models import plots
 from models.inference import (
     compare_models,
     convergence,
+    format_convergence,
     loo_summary,
     posterior_digest,
     sample_posterior,
@@ -221,21 +222,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{f'[{p["q05"]:.3f}, {p["q95"]:.3f}]':>20}"
         )
     d = report["diagnostics"]
-    lines.append(
-        f"max r-hat {d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, "
-        f"min tail ESS {d['min_ess_tail']:.0f}, divergences {d['divergences']}"
-        f"  -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}"
-    )
+    lines.append(f"{format_convergence(d)}  -> {'converged' if d['ok'] else 'CHECK CONVERGENCE'}")
     lines.append(
         f"-ln L at the MLE {mle['neg_log_likelihood']:.3f}; elpd_loo "
         f"{report['loo']['elpd_loo']:.2f} +- {report['loo']['se']:.2f}"
     )
     if "log_parabola_diagnostics" in report:
         d = report["log_parabola_diagnostics"]
-        lines.append(
-            f"log-parabola: max r-hat {d['max_r_hat']:.3f}, min bulk ESS "
-            f"{d['min_ess_bulk']:.0f}, divergences {d['divergences']}"
-        )
+        lines.append(f"log-parabola: {format_convergence(d)}")
     for row in report.get("loo_compare", []):
         lines.append(
             f"  LOO {row['model']:<13} elpd {row['elpd']:8.2f}  diff {row['elpd_diff']:6.2f} "

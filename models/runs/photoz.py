@@ -42,7 +42,7 @@ from data_tools.photoz import (
     simulate_galaxy_catalog,
 )
 from models import plots
-from models.inference import compare_models, convergence, loo_summary
+from models.inference import compare_models, convergence, format_convergence, loo_summary
 from models.photoz import (
     LIKELIHOODS,
     build_model,
@@ -686,9 +686,5 @@ def format_report(report: dict[str, Any]) -> str:
             which = f"{mode} fit" + (
                 f" (component {one['component']})" if "component" in one else ""
             )
-            lines.append(
-                f"  {which}: r-hat {one['max_r_hat']:.3f} ({one['worst_r_hat']}), bulk ESS "
-                f"{one['min_ess_bulk']:.0f} ({one['worst_ess_bulk']}), {one['divergences']} "
-                f"divergences"
-            )
+            lines.append(f"  {which}: {format_convergence(one)}")
     return "\n".join(lines)
