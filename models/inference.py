@@ -213,6 +213,13 @@ def summary_table(idata: xr.DataTree, var_names: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(table).astype(float)
 
 
+def _worst(column: pd.Series, *, largest: bool) -> str | None:
+    """Label of the largest (or smallest) entry; None when all are NaN (r-hat of one chain)."""
+    if not column.notna().any():
+        return None
+    return str(column.idxmax() if largest else column.idxmin())
+
+
 def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     """Return the convergence numbers a report needs.
 
@@ -222,7 +229,8 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
         ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences`` and ``ok`` (r-hat
         <= 1.01, bulk and tail ESS >= 400, no divergence); ``worst_r_hat`` and
         ``worst_ess_bulk`` name the parameters (as in the summary, e.g. ``coef[basis70]``)
-        with the largest r-hat and the smallest bulk ESS, so a failed check says where to look.
+        with the largest r-hat and the smallest bulk ESS, so a failed check says where to look
+        (None when every value is NaN, as r-hat is for a single chain).
     """
     table = summary_table(idata, var_names)
     stats = idata["sample_stats"]
@@ -232,8 +240,8 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
         "min_ess_bulk": float(table["ess_bulk"].min()),
         "min_ess_tail": float(table["ess_tail"].min()),
         "divergences": div,
-        "worst_r_hat": str(table["r_hat"].idxmax()),
-        "worst_ess_bulk": str(table["ess_bulk"].idxmin()),
+        "worst_r_hat": _worst(table["r_hat"], largest=True),
+        "worst_ess_bulk": _worst(table["ess_bulk"], largest=False),
     }
     out["ok"] = bool(
         out["max_r_hat"] <= 1.01
@@ -248,7 +256,7 @@ def format_convergence(diag: dict[str, Any]) -> str:
     """One line of a :func:`convergence` result, naming the worst parameters, for run reports."""
 
     def worst(key: str) -> str:
-        return f" ({diag[key]})" if key in diag else ""
+        return f" ({diag[key]})" if diag.get(key) is not None else ""
 
     return (
         f"max r-hat {diag['max_r_hat']:.3f}{worst('worst_r_hat')}, min bulk ESS "
