@@ -313,11 +313,29 @@ def run_sbc(
         "n_rank_draws": int(n_rank_draws),
     }
     _check_run_settings(out, settings)
-    todo = [i for i in range(replicates) if not _record_path(out, i).exists()]
+    todo = _todo(out, replicates, spec.parameters_for(options))
     if todo:
         _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, replicates)
     records = load_records(out, range(replicates))
     return summarise(records, spec.parameters_for(options), settings)
+
+
+def _todo(out: Path, replicates: int, parameters: Sequence[str]) -> list[int]:
+    """Return the replicates to run: those without a record, and successful ones missing a rank.
+
+    A record can lack a parameter's rank when an earlier version of the case did not rank it
+    (e.g. nu of the Student-t photo-z model); resuming re-runs those replicates.
+    """
+    todo = []
+    for i in range(replicates):
+        path = _record_path(out, i)
+        if not path.exists():
+            todo.append(i)
+            continue
+        record = json.loads(path.read_text())
+        if record.get("status") == "ok" and not set(parameters) <= set(record.get("rank", {})):
+            todo.append(i)
+    return todo
 
 
 def _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, total) -> None:

@@ -112,6 +112,25 @@ def test_run_on_dask_resumes_and_flags_misspecification(toy):
     assert not bool(bad["passed"].all())
 
 
+def test_an_option_adds_a_ranked_parameter_and_older_records_are_redone(toy):
+    out = toy / "run"
+    options = {"extra": True}
+    s = run_sbc("toy", 20, out=out, seed=5, workers=2, progress=False, options=options)
+    assert list(s["parameter"].values) == ["mu", "tau"] and bool(s["passed"].all())
+    # records written before the case ranked tau: a resumed study redoes exactly those
+    for i in (2, 9):
+        path = out / "replicates" / f"{i:05d}.json"
+        record = json.loads(path.read_text())
+        for key in ("truth", "rank", "pit", "mean", "sd", "in50", "in90"):
+            del record[key]["tau"]
+        path.write_text(json.dumps(record))
+    assert calibration._todo(out, 20, ("mu", "tau")) == [2, 9]
+    assert calibration._todo(out, 21, ("mu",)) == [20]
+    s2 = run_sbc("toy", 20, out=out, seed=5, workers=2, progress=False, options=options)
+    np.testing.assert_array_equal(s2["rank"].values, s["rank"].values)
+    assert calibration._todo(out, 20, ("mu", "tau")) == []
+
+
 def test_a_worker_killed_mid_replicate_loses_nothing(toy):
     marker = toy / "died-once"
     s = run_sbc(
