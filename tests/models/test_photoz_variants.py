@@ -74,8 +74,8 @@ def test_intervals_are_calibrated(result):
 
     Measured at this seed (Student-t noise, photometric errors propagated: the defaults):
     0.662 simple, 0.715 weighted, 0.718 divide. With normal noise divide over-covered (0.734
-    here, 0.79 at seeds 8 and 9); with the errors as noise inputs the weighted fit covered
-    0.615 (0.43 of the faint galaxies).
+    here); with the errors as noise inputs the weighted fit covered 0.615 (0.43 of the faint
+    galaxies).
     """
     _, _, _, table = result
     for variant in ("simple", "weighted", "divide"):
@@ -109,7 +109,7 @@ def test_weighting_and_dividing_reduce_the_faint_bias(result):
 def test_close_to_gradient_boosting_at_small_size(result):
     """At 40 functions sigma_NMAD is within 10 % of HistGradientBoosting's (0.121 vs 0.115).
 
-    At the default 100 functions dividing beats it at each of three seeds (README).
+    At the default 100 functions dividing beats it at each of nine seeds (README).
     """
     _, _, _, table = result
     best = min(_row(table, v)["sigma_nmad"] for v in ("simple", "weighted", "divide"))
