@@ -213,6 +213,14 @@ def run_replicate(
 
 
 def _ranks(result: FitResult, parameters, n_rank_draws: int, jitter_seed) -> dict[str, Any]:
+    if set(result.truth) != set(parameters):
+        # the case's list (Case.parameters_for) and the replicate's truths must agree: an
+        # unranked parameter would otherwise go unchecked without a word
+        raise ValueError(
+            f"the replicate returned truths for {sorted(result.truth)} but the case ranks "
+            f"{sorted(parameters)}; make Case.parameters (or option_parameters) and the "
+            f"replicate function name the same parameters."
+        )
     out: dict[str, Any] = {"truth": {}, "rank": {}, "pit": {}, "mean": {}, "sd": {}}
     out["in50"], out["in90"] = {}, {}
     jitter = np.random.default_rng(jitter_seed).uniform(size=len(parameters))

@@ -451,16 +451,13 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
 def _diagnostics(variant: Variant) -> dict[str, Any]:
     out = []
     for k, (model, idata) in enumerate(variant.fits):
-        where = {"component": variant.members[k]} if variant.members else {}
+        about = {"n_galaxy": int(model.dim_lengths["galaxy"].eval())}
+        if variant.members:
+            about["component"] = variant.members[k]
         if "sample_stats" not in idata.children:
-            out.append(
-                {"method": "advi", "ok": True, "n_galaxy": model.dim_lengths["galaxy"].eval()}
-                | where
-            )
-            continue
-        d = convergence(idata, [n for n in parameter_names(model) if n != "basis_weight"])
-        d["n_galaxy"] = int(model.dim_lengths["galaxy"].eval())
-        out.append(d | where)
+            out.append({"method": "advi", "ok": True} | about)
+        else:
+            out.append(convergence(idata, parameter_names(model)) | about)
     return {"fits": out, "ok": all(d["ok"] for d in out)}
 
 

@@ -131,6 +131,15 @@ def test_an_option_adds_a_ranked_parameter_and_older_records_are_redone(toy):
     assert calibration._todo(out, 20, ("mu", "tau")) == []
 
 
+def test_a_replicate_must_return_exactly_the_ranked_parameters(toy):
+    # a case that does not know the option's extra parameter: the replicate fails, loudly
+    unaware = calibration.Case("toy", ("mu",), {"small": "10"}, "sbc_toy:replicate")
+    record = run_replicate(unaware, 0, seed=1, options={"extra": True})
+    assert record["status"] == "failed"
+    assert "returned truths for ['mu', 'tau'] but the case ranks ['mu']" in record["error"]
+    assert run_replicate("toy", 0, seed=1, options={"extra": True})["status"] == "ok"
+
+
 def test_a_worker_killed_mid_replicate_loses_nothing(toy):
     marker = toy / "died-once"
     s = run_sbc(

@@ -439,13 +439,17 @@ def test_run_likelihood_reaches_both_models(monkeypatch):
 
 def test_a_failed_convergence_check_names_the_parameter():
     """The run's printed report says which fit and which parameter failed (seed 8's case)."""
+    # By construction, not by a lucky seed: coef[2]'s chains differ in scale (3x), which the
+    # folded r-hat sees (about 1.2) while its draws stay independent (high ESS); nu is the same
+    # AR(1) process (0.8) in both chains, so its r-hat is near 1 and its ESS about a tenth of
+    # the draws. (Over 20 seeds: r-hat 1.17-1.21 on coef[2], ESS 141-294 on nu.)
     rng = np.random.default_rng(0)
     coef = rng.normal(size=(2, 1000, 3))
-    coef[1, :, 2] += 0.3  # the chains disagree a little on coef[2] ...
-    nu = np.zeros((2, 1000))  # ... and nu mixes slowly (AR(1), 0.9), the same in both chains
+    coef[1, :, 2] *= 3.0
+    nu = np.zeros((2, 1000))
     shocks = rng.normal(size=(2, 1000))
     for t in range(1, 1000):
-        nu[:, t] = 0.9 * nu[:, t - 1] + np.sqrt(1 - 0.9**2) * shocks[:, t]
+        nu[:, t] = 0.8 * nu[:, t - 1] + np.sqrt(1 - 0.8**2) * shocks[:, t]
     idata = az.from_dict(
         {
             "posterior": {"coef": coef, "nu": nu},
@@ -453,7 +457,7 @@ def test_a_failed_convergence_check_names_the_parameter():
         }
     )
     diag = convergence(idata, ["coef", "nu"])
-    assert not diag["ok"] and diag["max_r_hat"] > 1.01
+    assert not diag["ok"] and diag["max_r_hat"] > 1.1 and diag["min_ess_bulk"] < 400
     assert diag["worst_r_hat"] == "coef[2]" and diag["worst_ess_bulk"] == "nu"
     # one chain: r-hat is NaN for every parameter, so there is no worst one (and no crash)
     single = convergence(idata.isel(chain=[0]), ["coef", "nu"])
