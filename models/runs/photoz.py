@@ -353,7 +353,7 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
         test_resp = mixtures.responsibilities(feats[split.test])
 
     variants: dict[str, Variant] = {}
-    for i, mode in enumerate(config.modes):
+    for mode in config.modes:
         method = _method(config, split.train.size).upper()
         with progress.stage(
             f"training '{mode}' ({method}) and predicting {split.test.size} galaxies"
@@ -369,7 +369,6 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
                 test_resp,
                 np.random.default_rng(seeds[4 + MODES.index(mode)]),
             )
-        del i
 
     comparison = None
     if config.compare:
