@@ -503,3 +503,61 @@ def test_run_diagnostics_name_each_divide_fits_component(toy):
     assert diag["ok"] and all(f["n_galaxy"] == z.size for f in diag["fits"])
     single = run_photoz.Variant(np.zeros((1, 1)), [(model, advi)])
     assert "component" not in run_photoz._diagnostics(single)["fits"][0]
+
+
+@pytest.mark.parametrize("likelihood", ["normal", "student_t"])
+def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood):
+    """When a basis weight fails the check, the report says how many galaxies inform it."""
+    from models.runs import photoz as run_photoz
+
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis, likelihood=likelihood)
+    terms, noise_terms = list(model.coords["term"]), list(model.coords["noise_term"])
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=(2, 1000, len(terms)))
+    coef[1, :, terms.index("basis3")] *= 3.0  # the chains differ in scale: r-hat about 1.2
+    posterior = {"coef": coef, "noise_coef": rng.normal(size=(2, 1000, len(noise_terms)))}
+    if likelihood == "student_t":
+        posterior["nu"] = rng.lognormal(size=(2, 1000))
+    idata = az.from_dict(
+        {
+            "posterior": posterior,
+            "sample_stats": {"diverging": np.zeros((2, 1000), dtype=bool)},
+        },
+        coords={"term": terms, "noise_term": noise_terms},
+        dims={"coef": ["term"], "noise_coef": ["noise_term"]},
+    )
+    diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
+    fit = diag["fits"][0]
+    assert not diag["ok"] and fit["worst_r_hat"] == "coef[basis3]"
+    # against the basis evaluated directly: sum_i phi_3(x_i), and the galaxy nearest the centre
+    phi = basis.design(X, "X")[:, 3]
+    support = fit["basis_support"]
+    assert support["basis"] == 3
+    np.testing.assert_allclose(support["support"], phi.sum(), rtol=1e-12)
+    np.testing.assert_allclose(support["z_spec"], z[np.argmax(phi)], rtol=1e-12)
+    assert support["student_t"] is (likelihood == "student_t")
+    report = {
+        "catalogue": {"galaxies": 10, "training": 5, "test": 5, "test_set": "random"},
+        "mixtures": {"components": 2, "weights_ess": 4.0, "weights_capped": 0},
+        "overall": {},
+        "diagnostics": {"simple": diag, "ok": False},
+        "seconds": 1.0,
+    }
+    lines = run_photoz.format_report(report).splitlines()
+    hint = lines[lines.index(next(x for x in lines if x.startswith("  simple fit:"))) + 1]
+    assert hint.startswith(f"    basis function 3 is informed by {phi.sum():.1f} training")
+    assert "leave it as an outlier" not in "\n".join(lines)  # informed by many galaxies
+    # a function informed by about one galaxy gets the explanation, under Student-t noise only
+    lonely = report | {
+        "diagnostics": {
+            "simple": {"fits": [fit | {"basis_support": support | {"support": 1.2}}], "ok": False},
+            "ok": False,
+        }
+    }
+    text = run_photoz.format_report(lonely)
+    assert ("leave it as an outlier," in text) is (likelihood == "student_t")
+    assert ("places the k-means centres elsewhere." in text) is (likelihood == "student_t")
+    # a fit whose worst parameters are not basis weights gets no such line
+    other = run_photoz._basis_support(model, "noise_coef[intercept]")
+    assert other is None and run_photoz._basis_support(model, None) is None
