@@ -220,6 +220,12 @@ def _worst(column: pd.Series, *, largest: bool) -> str | None:
     return str(column.idxmax() if largest else column.idxmin())
 
 
+R_HAT_MAX = 1.01
+"""Largest rank-normalised r-hat a converged fit may have (Vehtari et al. 2021)."""
+ESS_MIN = 400
+"""Smallest bulk and tail effective sample size a converged fit may have."""
+
+
 def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     """Return the convergence numbers a report needs.
 
@@ -227,10 +233,11 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     -------
     dict
         ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences`` and ``ok`` (r-hat
-        <= 1.01, bulk and tail ESS >= 400, no divergence); ``worst_r_hat`` and
-        ``worst_ess_bulk`` name the parameters (as in the summary, e.g. ``coef[basis70]``)
-        with the largest r-hat and the smallest bulk ESS, so a failed check says where to look
-        (None when every value is NaN, as r-hat is for a single chain).
+        <= :data:`R_HAT_MAX` = 1.01, bulk and tail ESS >= :data:`ESS_MIN` = 400, no
+        divergence); ``worst_r_hat`` and ``worst_ess_bulk`` name the parameters (as in the
+        summary, e.g. ``coef[basis70]``) with the largest r-hat and the smallest bulk ESS, so a
+        failed check says where to look (None when every value is NaN, as r-hat is for a
+        single chain).
     """
     table = summary_table(idata, var_names)
     stats = idata["sample_stats"]
@@ -244,9 +251,9 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
         "worst_ess_bulk": _worst(table["ess_bulk"], largest=False),
     }
     out["ok"] = bool(
-        out["max_r_hat"] <= 1.01
-        and out["min_ess_bulk"] >= 400
-        and out["min_ess_tail"] >= 400
+        out["max_r_hat"] <= R_HAT_MAX
+        and out["min_ess_bulk"] >= ESS_MIN
+        and out["min_ess_tail"] >= ESS_MIN
         and div == 0
     )
     return out

@@ -43,7 +43,14 @@ from data_tools.photoz import (
     simulate_galaxy_catalog,
 )
 from models import plots
-from models.inference import compare_models, convergence, format_convergence, loo_summary
+from models.inference import (
+    ESS_MIN,
+    R_HAT_MAX,
+    compare_models,
+    convergence,
+    format_convergence,
+    loo_summary,
+)
 from models.photoz import (
     LIKELIHOODS,
     build_model,
@@ -454,10 +461,13 @@ _BASIS_WEIGHT = re.compile(r"^coef\[basis(\d+)\]$")
 def _basis_support(model, label: str | None) -> dict[str, Any] | None:
     """How many training galaxies inform the basis weight ``label`` names (None if it is not one).
 
-    The support of function ``j`` is ``sum_i phi_j(x_i)`` over the fit's training galaxies, and
-    ``z_spec`` is the redshift of the galaxy nearest its centre. k-means gives an isolated
-    galaxy a function of its own (support about 1), whose weight under Student-t noise can fit
-    that galaxy or leave it as an outlier: the bimodality behind seed 8's failed check.
+    Read from the model's data containers, which hold its training galaxies (``predict`` puts
+    them back). The support of function ``j`` is ``sum_i phi_j(x_i)`` over those galaxies;
+    ``effective`` weights each galaxy as its likelihood does (weights summing to their
+    effective sample size, so it equals ``galaxies`` for an unweighted fit); ``z_spec`` is the
+    redshift of the galaxy nearest the centre. k-means gives an isolated galaxy a function of
+    its own (support about 1), whose weight under Student-t noise can fit that galaxy or leave
+    it as an outlier: the bimodality behind seed 8's failed check.
     """
     match = _BASIS_WEIGHT.match(label or "")
     if match is None:
@@ -468,7 +478,8 @@ def _basis_support(model, label: str | None) -> dict[str, Any] | None:
     y = model["log1pz_observed"].get_value()[nearest]
     return {
         "basis": j,
-        "support": float(phi.sum()),
+        "galaxies": float(phi.sum()),
+        "effective": float(model["weight"].get_value() @ phi),
         "z_spec": float(np.expm1(y)),
         "student_t": "nu" in model.named_vars,
     }
@@ -484,12 +495,16 @@ def _diagnostics(variant: Variant) -> dict[str, Any]:
             out.append({"method": "advi", "ok": True} | about)
             continue
         diag = convergence(idata, parameter_names(model)) | about
-        if not diag["ok"]:
-            support = _basis_support(model, diag["worst_r_hat"]) or _basis_support(
-                model, diag["worst_ess_bulk"]
-            )
+        # the basis weight behind a failed r-hat or bulk-ESS check, if one is
+        failing = [
+            diag["worst_r_hat"] if diag["max_r_hat"] > R_HAT_MAX else None,
+            diag["worst_ess_bulk"] if diag["min_ess_bulk"] < ESS_MIN else None,
+        ]
+        for label in failing:
+            support = _basis_support(model, label)
             if support is not None:
                 diag["basis_support"] = support
+                break
         out.append(diag)
     return {"fits": out, "ok": all(d["ok"] for d in out)}
 
@@ -723,14 +738,19 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _format_support(support: dict[str, Any]) -> str:
+    """Say how many galaxies inform a failing basis weight's function (a report line)."""
+    weighted = not np.isclose(support["effective"], support["galaxies"])
     line = (
-        f"    basis function {support['basis']} is informed by {support['support']:.1f} "
-        f"training galaxies (the nearest at z_spec {support['z_spec']:.2f})"
+        f"    basis function {support['basis']} is informed by {support['galaxies']:.1f} "
+        f"training galaxies"
+        + (f" ({support['effective']:.1f} effective)" if weighted else "")
+        + f", the nearest at z_spec {support['z_spec']:.2f}"
     )
-    if support["support"] < 2 and support["student_t"]:
+    if support["effective"] < 2 and support["student_t"]:
         line += (
             ":\n    under Student-t noise its weight can fit that galaxy or leave it as an "
             "outlier,\n    two modes the chains cross rarely (README, photo-z section). "
-            "Another --seed\n    places the k-means centres elsewhere."
+            "Another --seed\n    redraws the split and the k-means centres (and a simulated "
+            "catalogue)."
         )
     return line

@@ -505,59 +505,90 @@ def test_run_diagnostics_name_each_divide_fits_component(toy):
     assert "component" not in run_photoz._diagnostics(single)["fits"][0]
 
 
-@pytest.mark.parametrize("likelihood", ["normal", "student_t"])
-def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood):
-    """When a basis weight fails the check, the report says how many galaxies inform it."""
-    from models.runs import photoz as run_photoz
-
-    X, z, basis, _ = toy
-    model = photoz.build_model(X, z, basis=basis, likelihood=likelihood)
-    terms, noise_terms = list(model.coords["term"]), list(model.coords["noise_term"])
-    rng = np.random.default_rng(0)
-    coef = rng.normal(size=(2, 1000, len(terms)))
-    coef[1, :, terms.index("basis3")] *= 3.0  # the chains differ in scale: r-hat about 1.2
-    posterior = {"coef": coef, "noise_coef": rng.normal(size=(2, 1000, len(noise_terms)))}
-    if likelihood == "student_t":
+def _chains(model, *, bad: str, seed=0):
+    """Two chains of 1,000 independent draws, in which parameter ``bad`` differs in scale (3x)
+    between the chains (folded r-hat about 1.2) and every other parameter mixes."""
+    rng = np.random.default_rng(seed)
+    coords = {"term": list(model.coords["term"]), "noise_term": list(model.coords["noise_term"])}
+    posterior = {
+        "coef": rng.normal(size=(2, 1000, len(coords["term"]))),
+        "noise_coef": rng.normal(size=(2, 1000, len(coords["noise_term"]))),
+    }
+    if "nu" in model.named_vars:
         posterior["nu"] = rng.lognormal(size=(2, 1000))
-    idata = az.from_dict(
+    var, label = bad.rstrip("]").split("[")
+    posterior[var][1, :, coords[f"{'' if var == 'coef' else 'noise_'}term"].index(label)] *= 3.0
+    return az.from_dict(
         {
             "posterior": posterior,
             "sample_stats": {"diverging": np.zeros((2, 1000), dtype=bool)},
         },
-        coords={"term": terms, "noise_term": noise_terms},
+        coords=coords,
         dims={"coef": ["term"], "noise_coef": ["noise_term"]},
     )
-    diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
-    fit = diag["fits"][0]
-    assert not diag["ok"] and fit["worst_r_hat"] == "coef[basis3]"
-    # against the basis evaluated directly: sum_i phi_3(x_i), and the galaxy nearest the centre
-    phi = basis.design(X, "X")[:, 3]
-    support = fit["basis_support"]
-    assert support["basis"] == 3
-    np.testing.assert_allclose(support["support"], phi.sum(), rtol=1e-12)
-    np.testing.assert_allclose(support["z_spec"], z[np.argmax(phi)], rtol=1e-12)
-    assert support["student_t"] is (likelihood == "student_t")
-    report = {
+
+
+def _failed_report(diag):
+    return {
         "catalogue": {"galaxies": 10, "training": 5, "test": 5, "test_set": "random"},
         "mixtures": {"components": 2, "weights_ess": 4.0, "weights_capped": 0},
         "overall": {},
         "diagnostics": {"simple": diag, "ok": False},
         "seconds": 1.0,
     }
-    lines = run_photoz.format_report(report).splitlines()
-    hint = lines[lines.index(next(x for x in lines if x.startswith("  simple fit:"))) + 1]
-    assert hint.startswith(f"    basis function 3 is informed by {phi.sum():.1f} training")
-    assert "leave it as an outlier" not in "\n".join(lines)  # informed by many galaxies
-    # a function informed by about one galaxy gets the explanation, under Student-t noise only
-    lonely = report | {
-        "diagnostics": {
-            "simple": {"fits": [fit | {"basis_support": support | {"support": 1.2}}], "ok": False},
-            "ok": False,
-        }
-    }
-    text = run_photoz.format_report(lonely)
+
+
+@pytest.mark.parametrize("likelihood", ["normal", "student_t"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, weighted):
+    """When a basis weight fails the check, the report says how many galaxies inform it."""
+    from models.runs import photoz as run_photoz
+
+    X, z, basis, weights = toy
+    model = photoz.build_model(
+        X, z, basis=basis, likelihood=likelihood, weights=weights if weighted else None
+    )
+    idata = _chains(model, bad="coef[basis3]")
+    diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
+    fit = diag["fits"][0]
+    assert not diag["ok"] and fit["worst_r_hat"] == "coef[basis3]" and fit["max_r_hat"] > 1.1
+    # against the basis evaluated directly: sum_i phi_3(x_i), the same with the likelihood's
+    # weights (rescaled to sum to their ESS), and the galaxy nearest the centre
+    phi = basis.design(X, "X")[:, 3]
+    w = np.ones(z.size) if not weighted else weights * weights.sum() / (weights**2).sum()
+    support = fit["basis_support"]
+    assert support["basis"] == 3
+    np.testing.assert_allclose(support["galaxies"], phi.sum(), rtol=1e-12)
+    np.testing.assert_allclose(support["effective"], w @ phi, rtol=1e-12)
+    np.testing.assert_allclose(support["z_spec"], z[np.argmax(phi)], rtol=1e-12)
+    assert support["student_t"] is (likelihood == "student_t")
+    lines = run_photoz.format_report(_failed_report(diag)).splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("  simple fit:"))
+    expected = f"    basis function 3 is informed by {phi.sum():.1f} training galaxies"
+    if weighted:
+        expected += f" ({w @ phi:.1f} effective)"
+    assert lines[i + 1].startswith(expected + ", the nearest at z_spec")
+    assert w @ phi > 2 and "leave it as an outlier" not in "\n".join(lines)
+    # a function informed by about one (effective) galaxy gets the explanation, under
+    # Student-t noise only
+    lonely = fit | {"basis_support": support | {"effective": 1.2}}
+    text = run_photoz.format_report(_failed_report({"fits": [lonely], "ok": False}))
     assert ("leave it as an outlier," in text) is (likelihood == "student_t")
-    assert ("places the k-means centres elsewhere." in text) is (likelihood == "student_t")
-    # a fit whose worst parameters are not basis weights gets no such line
-    other = run_photoz._basis_support(model, "noise_coef[intercept]")
-    assert other is None and run_photoz._basis_support(model, None) is None
+    assert ("redraws the split and the k-means centres" in text) is (likelihood == "student_t")
+
+
+def test_no_basis_support_when_no_basis_weight_fails(toy):
+    """A fit that fails on its noise gets no basis line, though some basis weight is 'worst'."""
+    from models.runs import photoz as run_photoz
+
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    idata = _chains(model, bad="noise_coef[x0]")
+    fit = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
+    fit = fit["fits"][0]
+    assert not fit["ok"] and fit["worst_r_hat"] == "noise_coef[x0]"
+    # the smallest bulk ESS belongs to a basis weight, but it passes the check
+    assert fit["worst_ess_bulk"].startswith("coef[basis") and fit["min_ess_bulk"] >= 400
+    assert "basis_support" not in fit
+    assert run_photoz._basis_support(model, "noise_coef[x0]") is None
+    assert run_photoz._basis_support(model, None) is None
