@@ -321,11 +321,12 @@ def run_sbc(
         "n_rank_draws": int(n_rank_draws),
     }
     _check_run_settings(out, settings)
-    todo = _todo(out, replicates, spec.parameters_for(options))
+    parameters = spec.parameters_for(options)
+    todo = _todo(out, replicates, parameters)
     if todo:
         _run_on_dask(spec, todo, out, settings, scheduler, workers, progress, replicates)
     records = load_records(out, range(replicates))
-    return summarise(records, spec.parameters_for(options), settings)
+    return summarise(records, parameters, settings)
 
 
 def _todo(out: Path, replicates: int, parameters: Sequence[str]) -> list[int]:
@@ -336,12 +337,10 @@ def _todo(out: Path, replicates: int, parameters: Sequence[str]) -> list[int]:
     """
     todo = []
     for i in range(replicates):
-        path = _record_path(out, i)
-        if not path.exists():
-            todo.append(i)
-            continue
-        record = json.loads(path.read_text())
-        if record.get("status") == "ok" and not set(parameters) <= set(record.get("rank", {})):
+        found = load_records(out, [i])
+        if not found or (
+            found[0].get("status") == "ok" and not set(parameters) <= set(found[0].get("rank", {}))
+        ):
             todo.append(i)
     return todo
 

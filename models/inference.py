@@ -234,10 +234,11 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
     dict
         ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``, ``divergences`` and ``ok`` (r-hat
         <= :data:`R_HAT_MAX` = 1.01, bulk and tail ESS >= :data:`ESS_MIN` = 400, no
-        divergence); ``worst_r_hat`` and ``worst_ess_bulk`` name the parameters (as in the
-        summary, e.g. ``coef[basis70]``) with the largest r-hat and the smallest bulk ESS, so a
-        failed check says where to look (None when every value is NaN, as r-hat is for a
-        single chain).
+        divergence), with ``failed`` listing the checks that did not pass (``"r_hat"``,
+        ``"ess_bulk"``, ``"ess_tail"``, ``"divergences"``); ``worst_r_hat`` and
+        ``worst_ess_bulk`` name the parameters (as in the summary, e.g. ``coef[basis70]``) with
+        the largest r-hat and the smallest bulk ESS, so a failed check says where to look (None
+        when every value is NaN, as r-hat is for a single chain).
     """
     table = summary_table(idata, var_names)
     stats = idata["sample_stats"]
@@ -250,12 +251,14 @@ def convergence(idata: xr.DataTree, var_names: Sequence[str]) -> dict[str, Any]:
         "worst_r_hat": _worst(table["r_hat"], largest=True),
         "worst_ess_bulk": _worst(table["ess_bulk"], largest=False),
     }
-    out["ok"] = bool(
-        out["max_r_hat"] <= R_HAT_MAX
-        and out["min_ess_bulk"] >= ESS_MIN
-        and out["min_ess_tail"] >= ESS_MIN
-        and div == 0
-    )
+    checks = {
+        "r_hat": out["max_r_hat"] <= R_HAT_MAX,
+        "ess_bulk": out["min_ess_bulk"] >= ESS_MIN,
+        "ess_tail": out["min_ess_tail"] >= ESS_MIN,
+        "divergences": div == 0,
+    }
+    out["failed"] = [name for name, passed in checks.items() if not passed]
+    out["ok"] = not out["failed"]
     return out
 
 

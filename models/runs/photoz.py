@@ -43,14 +43,7 @@ from data_tools.photoz import (
     simulate_galaxy_catalog,
 )
 from models import plots
-from models.inference import (
-    ESS_MIN,
-    R_HAT_MAX,
-    compare_models,
-    convergence,
-    format_convergence,
-    loo_summary,
-)
+from models.inference import compare_models, convergence, format_convergence, loo_summary
 from models.photoz import (
     LIKELIHOODS,
     build_model,
@@ -496,11 +489,8 @@ def _diagnostics(variant: Variant) -> dict[str, Any]:
             continue
         diag = convergence(idata, parameter_names(model)) | about
         # the basis weight behind a failed r-hat or bulk-ESS check, if one is
-        failing = [
-            diag["worst_r_hat"] if diag["max_r_hat"] > R_HAT_MAX else None,
-            diag["worst_ess_bulk"] if diag["min_ess_bulk"] < ESS_MIN else None,
-        ]
-        for label in failing:
+        for check in ("r_hat", "ess_bulk"):
+            label = diag[f"worst_{check}"] if check in diag["failed"] else None
             support = _basis_support(model, label)
             if support is not None:
                 diag["basis_support"] = support

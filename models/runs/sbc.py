@@ -337,13 +337,13 @@ def photoz_replicate(
     import pymc as pm
 
     from data_tools.photoz import simulate_galaxy_catalog
-    from models.photoz import galaxy_data
+    from models.photoz import galaxy_data, parameter_names
 
     rng = np.random.default_rng(seed)
     model, compiled = _photoz_setup(size, likelihood)
     X, C, _ = _photoz_spectra(simulate_galaxy_catalog(PHOTOZ_GALAXIES[size], rng=rng))
     data = galaxy_data(model, X, feature_errors=C)
-    names = ["coef", "noise_coef"] + (["nu"] if likelihood == "student_t" else [])
+    names = parameter_names(model)  # coef, noise_coef (and nu for the Student-t)
     n = data["weight"].size
     saved = {k: model[k].get_value() for k in [*data, "log1pz_observed"]}
     saved_ids = model.coords["galaxy"]
@@ -365,13 +365,14 @@ def photoz_replicate(
         compiled, data=data | {"log1pz_observed": y}, draws=draws, tune=tune, rng=rng
     )
     post = idata["posterior"]
-    coords = {v: list(model.coords[model.named_vars_to_dims[v][0]]) for v in names if v != "nu"}
+    dims = {v: model.named_vars_to_dims.get(v) for v in names}
+    coords = {v: list(model.coords[d[0]]) for v, d in dims.items() if d}
     truth, draws_ = {}, {}
     for key, (var, label) in PHOTOZ_PARAMETERS.items():
         truth[key] = float(value[var][coords[var].index(label)])
         draws_[key] = post[var].values[..., coords[var].index(label)]
-    if likelihood == "student_t":
-        truth["nu"], draws_["nu"] = float(value["nu"]), post["nu"].values
+    for v in (v for v, d in dims.items() if not d):  # scalars (nu) are ranked by their name
+        truth[v], draws_[v] = float(value[v]), post[v].values
     return FitResult(truth, draws_, convergence(idata, names))
 
 

@@ -437,6 +437,17 @@ def test_run_likelihood_reaches_both_models(monkeypatch):
         run_photoz.PhotozRunConfig(likelihood="cauchy")
 
 
+def _failed_report(**diagnostics):
+    """A run report with no metrics and the given (failed) diagnostics per variant."""
+    return {
+        "catalogue": {"galaxies": 10, "training": 5, "test": 5, "test_set": "random"},
+        "mixtures": {"components": 2, "weights_ess": 4.0, "weights_capped": 0},
+        "overall": {},
+        "diagnostics": diagnostics | {"ok": False},
+        "seconds": 1.0,
+    }
+
+
 def test_a_failed_convergence_check_names_the_parameter():
     """The run's printed report says which fit and which parameter failed (seed 8's case)."""
     # By construction, not by a lucky seed: coef[2]'s chains differ in scale (3x), which the
@@ -459,25 +470,19 @@ def test_a_failed_convergence_check_names_the_parameter():
     diag = convergence(idata, ["coef", "nu"])
     assert not diag["ok"] and diag["max_r_hat"] > 1.1 and diag["min_ess_bulk"] < 400
     assert diag["worst_r_hat"] == "coef[2]" and diag["worst_ess_bulk"] == "nu"
+    assert diag["failed"] == ["r_hat", "ess_bulk", "ess_tail"]
     # one chain: r-hat is NaN for every parameter, so there is no worst one (and no crash)
     single = convergence(idata.isel(chain=[0]), ["coef", "nu"])
     assert single["worst_r_hat"] is None and not single["ok"]
     assert "max r-hat nan, min bulk ESS" in format_convergence(single)
     good = {"ok": True, "max_r_hat": 1.001}
-    report = {
-        "catalogue": {"galaxies": 10, "training": 5, "test": 5, "test_set": "random"},
-        "mixtures": {"components": 2, "weights_ess": 4.0, "weights_capped": 0},
-        "overall": {},
-        "diagnostics": {
-            "simple": {"fits": [diag], "ok": False},
-            "divide": {
-                "fits": [good | {"component": 0}, diag | {"divergences": 2, "component": 3}],
-                "ok": False,
-            },
+    report = _failed_report(
+        simple={"fits": [diag], "ok": False},
+        divide={
+            "fits": [good | {"component": 0}, diag | {"divergences": 2, "component": 3}],
             "ok": False,
         },
-        "seconds": 1.0,
-    }
+    )
     from models.runs import photoz as run_photoz
 
     lines = run_photoz.format_report(report).splitlines()
@@ -509,33 +514,21 @@ def _chains(model, *, bad: str, seed=0):
     """Two chains of 1,000 independent draws, in which parameter ``bad`` differs in scale (3x)
     between the chains (folded r-hat about 1.2) and every other parameter mixes."""
     rng = np.random.default_rng(seed)
-    coords = {"term": list(model.coords["term"]), "noise_term": list(model.coords["noise_term"])}
-    posterior = {
-        "coef": rng.normal(size=(2, 1000, len(coords["term"]))),
-        "noise_coef": rng.normal(size=(2, 1000, len(coords["noise_term"]))),
-    }
+    dim = {"coef": "term", "noise_coef": "noise_term"}
+    coords = {d: list(model.coords[d]) for d in dim.values()}
+    posterior = {v: rng.normal(size=(2, 1000, len(coords[d]))) for v, d in dim.items()}
     if "nu" in model.named_vars:
         posterior["nu"] = rng.lognormal(size=(2, 1000))
     var, label = bad.rstrip("]").split("[")
-    posterior[var][1, :, coords[f"{'' if var == 'coef' else 'noise_'}term"].index(label)] *= 3.0
+    posterior[var][1, :, coords[dim[var]].index(label)] *= 3.0
     return az.from_dict(
         {
             "posterior": posterior,
             "sample_stats": {"diverging": np.zeros((2, 1000), dtype=bool)},
         },
         coords=coords,
-        dims={"coef": ["term"], "noise_coef": ["noise_term"]},
+        dims={v: [d] for v, d in dim.items()},
     )
-
-
-def _failed_report(diag):
-    return {
-        "catalogue": {"galaxies": 10, "training": 5, "test": 5, "test_set": "random"},
-        "mixtures": {"components": 2, "weights_ess": 4.0, "weights_capped": 0},
-        "overall": {},
-        "diagnostics": {"simple": diag, "ok": False},
-        "seconds": 1.0,
-    }
 
 
 @pytest.mark.parametrize("likelihood", ["normal", "student_t"])
@@ -562,7 +555,7 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
     np.testing.assert_allclose(support["effective"], w @ phi, rtol=1e-12)
     np.testing.assert_allclose(support["z_spec"], z[np.argmax(phi)], rtol=1e-12)
     assert support["student_t"] is (likelihood == "student_t")
-    lines = run_photoz.format_report(_failed_report(diag)).splitlines()
+    lines = run_photoz.format_report(_failed_report(simple=diag)).splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith("  simple fit:"))
     expected = f"    basis function 3 is informed by {phi.sum():.1f} training galaxies"
     if weighted:
@@ -572,7 +565,7 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
     # a function informed by about one (effective) galaxy gets the explanation, under
     # Student-t noise only
     lonely = fit | {"basis_support": support | {"effective": 1.2}}
-    text = run_photoz.format_report(_failed_report({"fits": [lonely], "ok": False}))
+    text = run_photoz.format_report(_failed_report(simple={"fits": [lonely], "ok": False}))
     assert ("leave it as an outlier," in text) is (likelihood == "student_t")
     assert ("redraws the split and the k-means centres" in text) is (likelihood == "student_t")
 
