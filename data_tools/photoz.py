@@ -89,6 +89,7 @@ __all__ = [
     "luptitudes",
     "metrics_table",
     "pit",
+    "pit_coverage",
     "point_metrics",
     "rbf_basis",
     "read_catalog",
@@ -907,10 +908,34 @@ def pit(*, z_spec: Any, samples: Any) -> np.ndarray:
     return (s < z[:, None]).mean(axis=1)
 
 
-def coverage(*, z_spec: Any, samples: Any, level: float) -> float:
-    """Fraction of galaxies whose ``z_spec`` lies in the central ``level`` predictive interval."""
+def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}.")
+
+
+def pit_coverage(pit_values: Any, *, level: float, weights: Any = None) -> float:
+    """Fraction of (weighted) galaxies whose PIT lies in the central ``level`` interval.
+
+    For PITs that come without draws (e.g. :func:`models.photoz.loo_pit`). With the
+    density-ratio weights of :func:`gmm_weights`, a training set's PITs estimate the
+    population's coverage where the training set reaches it.
+    """
+    _check_level(level)
+    p = as_finite_array("pit_values", pit_values)
+    inside = np.abs(p - 0.5) <= level / 2
+    if weights is None:
+        return float(inside.mean())
+    w = as_finite_array("weights", weights, nonnegative=True)
+    if w.shape != p.shape:
+        raise ValueError(f"weights has shape {w.shape} for {p.size} PIT values.")
+    if w.sum() <= 0:
+        raise ValueError("weights must not all be zero.")
+    return float(np.average(inside, weights=w))
+
+
+def coverage(*, z_spec: Any, samples: Any, level: float) -> float:
+    """Fraction of galaxies whose ``z_spec`` lies in the central ``level`` predictive interval."""
+    _check_level(level)
     z, s = _pair(z_spec, samples, "samples")
     lo, hi = np.quantile(s, [(1 - level) / 2, (1 + level) / 2], axis=1)
     return float(np.mean((z >= lo) & (z <= hi)))

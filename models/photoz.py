@@ -94,7 +94,6 @@ __all__ = [
     "fit",
     "galaxy_data",
     "input_variance",
-    "loo_coverage",
     "loo_pit",
     "model_basis",
     "parameter_names",
@@ -674,6 +673,21 @@ def galaxy_data(
     return data
 
 
+def _sample_log1pz(model, idata, rng, *, predictions: bool) -> xr.DataTree:
+    """Posterior predictive draws of ``log1pz`` at the galaxies the model's data hold now."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Numba will use object mode")
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+        return pm.sample_posterior_predictive(
+            idata,
+            model=model,
+            var_names=["log1pz"],
+            predictions=predictions,
+            random_seed=np.random.default_rng(rng),
+            progressbar=False,
+        )
+
+
 def predict(
     model: pm.Model,
     idata: xr.DataTree,
@@ -715,17 +729,7 @@ def predict(
             model=model,
             coords={"galaxy": ids},
         )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Numba will use object mode")
-            warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-            pred = pm.sample_posterior_predictive(
-                idata,
-                model=model,
-                var_names=["log1pz"],
-                predictions=True,
-                random_seed=np.random.default_rng(rng),
-                progressbar=False,
-            )
+        pred = _sample_log1pz(model, idata, rng, predictions=True)
     finally:
         pm.set_data(saved, model=model, coords={"galaxy": saved_ids})
     y = pred["predictions"]["log1pz"].stack(sample=("chain", "draw"))
@@ -736,12 +740,17 @@ def predict(
 def loo_pit(model: pm.Model, idata: xr.DataTree, *, rng: Any = None) -> xr.DataArray:
     """Leave-one-out PIT of each training galaxy: how its fit would have predicted it.
 
-    ``p(y_i_rep <= y_i | y_-i)`` by PSIS-LOO (``arviz_stats.loo_pit``) from posterior predictive
-    draws at the training galaxies. A weighted fit's pointwise log-likelihood is the weighted
-    one, so leaving galaxy ``i`` out removes exactly its term from the pseudo-posterior.
-    Calibrated fits give uniform values; values bunched near 0.5 mean intervals too wide for
-    the training galaxies (the check needs no held-out redshifts, so it also works on a user's
-    catalogue).
+    ``p(y_i_rep <= y_i | y_-i)`` by PSIS-LOO (``arviz_stats.loo`` for the smoothed weights,
+    ``arviz_stats.loo_pit`` for the PIT) from posterior predictive draws at the training
+    galaxies. A weighted fit's pointwise log-likelihood is the weighted one, so leaving galaxy
+    ``i`` out removes exactly its term from the pseudo-posterior. Calibrated fits give uniform
+    values; values bunched near 0.5 mean intervals too wide for the training galaxies. The
+    check needs no held-out redshifts.
+
+    What leaving out does not undo: the basis functions, their relevances and the plug-in fit
+    behind the input noise were computed with galaxy ``i`` included, which pulls the fit
+    towards it (coverage biased upwards). An ADVI fit's draws come from the approximation, and
+    PSIS treats them as posterior draws.
 
     Parameters
     ----------
@@ -754,22 +763,29 @@ def loo_pit(model: pm.Model, idata: xr.DataTree, *, rng: Any = None) -> xr.DataA
     Returns
     -------
     xarray.DataArray
-        One value per training galaxy, dims ``galaxy``.
-    """
-    from arviz_stats import loo_pit as _arviz_loo_pit
+        One value per training galaxy, dims ``galaxy``, with coordinate ``pareto_k`` (PSIS's
+        k-hat; above ``attrs["good_k"]`` the value for that galaxy is unreliable).
 
-    if "log_likelihood" not in idata.children:
-        raise ValueError("idata has no log_likelihood group; fit the model with models.photoz.fit.")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Numba will use object mode")
-        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-        pred = pm.sample_posterior_predictive(
-            idata,
-            model=model,
-            var_names=["log1pz"],
-            random_seed=np.random.default_rng(rng),
-            progressbar=False,
+    Raises
+    ------
+    ValueError
+        ``idata`` without ``log_likelihood``, or a model whose data are not the fit's galaxies.
+    """
+    import arviz_stats
+
+    if "log_likelihood" not in idata.children or "observed_data" not in idata.children:
+        raise ValueError(
+            "idata has no log_likelihood or observed_data group; fit the model with "
+            "models.photoz.fit."
         )
+    observed = idata["observed_data"]["log1pz"].values
+    held = model["log1pz_observed"].get_value()
+    if held.shape != observed.shape or not np.allclose(held, observed):
+        raise ValueError(
+            "the model's data are not the galaxies idata was fitted to; restore them with "
+            "pm.set_data (models.photoz.galaxy_data gives a training set's) before loo_pit."
+        )
+    pred = _sample_log1pz(model, idata, rng, predictions=False)
     tree = xr.DataTree.from_dict(
         {
             group: source[group].to_dataset()
@@ -781,27 +797,21 @@ def loo_pit(model: pm.Model, idata: xr.DataTree, *, rng: Any = None) -> xr.DataA
             )
         }
     )
-    return _arviz_loo_pit(tree, var_names="log1pz")["log1pz"].rename("loo_pit")
-
-
-def loo_coverage(pit_values: Any, *, level: float, weights: Any = None) -> float:
-    """Fraction of (weighted) galaxies whose PIT lies in the central ``level`` interval.
-
-    With the density-ratio weights of :func:`data_tools.photoz.gmm_weights` this estimates the
-    coverage on the population from the training galaxies (where they overlap).
-    """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}.")
-    p = as_finite_array("pit_values", pit_values)
-    inside = np.abs(p - 0.5) <= level / 2
-    if weights is None:
-        return float(inside.mean())
-    w = as_finite_array("weights", weights, nonnegative=True)
-    if w.shape != p.shape:
-        raise ValueError(f"weights has shape {w.shape} for {p.size} PIT values.")
-    if w.sum() <= 0:
-        raise ValueError("weights must not all be zero.")
-    return float(np.average(inside, weights=w))
+    with warnings.catch_warnings():
+        # unreliable galaxies are returned (pareto_k), not warned about
+        warnings.filterwarnings("ignore", message=".*Pareto distribution.*")
+        warnings.filterwarnings("ignore", message=".*[Pp]areto k.*")
+        loo = arviz_stats.loo(tree, pointwise=True, var_name="log1pz")
+        pit = arviz_stats.loo_pit(
+            tree,
+            var_names="log1pz",
+            log_weights=loo.log_weights.to_dataset(name="log1pz"),
+            pareto_k=loo.pareto_k.to_dataset(name="log1pz"),
+        )["log1pz"]
+    # (the weighted ECDF's sum can round to just above 1)
+    pit = pit.clip(0.0, 1.0).assign_coords(pareto_k=("galaxy", np.asarray(loo.pareto_k.values)))
+    pit.attrs["good_k"] = float(loo.good_k)
+    return pit.rename("loo_pit")
 
 
 def combine_divided(samples: list[Any], responsibility: Any, *, rng: Any = None) -> np.ndarray:

@@ -38,6 +38,7 @@ from data_tools.photoz import (
     gmm_weights,
     metrics_table,
     pit,
+    pit_coverage,
     rbf_basis,
     read_catalog,
     simulate_galaxy_catalog,
@@ -49,7 +50,6 @@ from models.photoz import (
     build_model,
     combine_divided,
     fit,
-    loo_coverage,
     loo_pit,
     model_basis,
     parameter_names,
@@ -388,7 +388,13 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
 
     with progress.stage("leave-one-out PIT of the training galaxies, per fit"):
         loo_training = training_loo(
-            variants, division, weights.values, np.random.default_rng(seeds[4 + len(MODES)])
+            variants,
+            train,
+            z_train,
+            mixtures.responsibilities(feats[split.train]),
+            weights.values,
+            division,
+            np.random.default_rng(seeds[4 + len(MODES)]),
         )
 
     with progress.stage(f"scoring and writing results to {out}/"):
@@ -422,31 +428,66 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
     return report
 
 
-def training_loo(variants, division, weights, rng) -> dict[str, dict[str, float]]:
-    """68 % / 95 % coverage of each variant's training galaxies by their LOO predictions.
+def training_loo(
+    variants: dict[str, Variant],
+    train: Inputs,
+    z_train: np.ndarray,
+    responsibility: np.ndarray,
+    weights: np.ndarray,
+    division: Any,
+    rng: np.random.Generator,
+) -> dict[str, dict[str, float]]:
+    """68 % / 95 % coverage of the training galaxies by each variant's leave-one-out intervals.
 
-    Pooled over a divide variant's component fits (a galaxy in two components counts twice).
-    ``*_population`` weights each galaxy by its population-to-training density ratio: the
-    calibration the variant claims for the population where the training set reaches it. It
-    needs no redshifts beyond the training set's, so it is the check a user's catalogue allows;
-    galaxies unlike any in the training set are not in it.
+    A divide variant predicts a training galaxy as it predicts a test galaxy: the mixture of
+    its component fits by membership probability, so the galaxy's PIT is
+    ``sum_k r_k F_k(z)``, with ``F_k`` the leave-one-out predictive CDF of the components the
+    galaxy trained (:func:`models.photoz.loo_pit`) and the ordinary predictive CDF of the
+    others. ``*_population`` weights each galaxy by its population-to-training density ratio:
+    the calibration claimed for the population where the training set reaches it. It needs no
+    redshifts beyond the training set's; galaxies unlike any in the training set are not in
+    it. ``pareto_k_high`` is the share of leave-one-out PITs whose PSIS k-hat is above the
+    reliable limit (``*_population``: by weight).
     """
     out = {}
     for mode, v in variants.items():
-        pits, pop = [], []
-        for k, (model, idata) in enumerate(v.fits):
-            rows = (
-                np.flatnonzero(division.member[:, v.members[k]])
-                if v.members
-                else np.arange(weights.size)
-            )
-            pits.append(loo_pit(model, idata, rng=rng).values)
-            pop.append(weights[rows])
-        p, w = np.concatenate(pits), np.concatenate(pop)
+        if not v.members:
+            ((model, idata),) = v.fits
+            pits = loo_pit(model, idata, rng=rng)
+            p, k_high, w_k = pits.values, pits["pareto_k"].values > pits.attrs["good_k"], weights
+        else:
+            cdf = np.empty((z_train.size, len(v.fits)))
+            k_high, w_k = [], []
+            for j, ((model, idata), component) in enumerate(zip(v.fits, v.members, strict=True)):
+                member = division.member[:, component]
+                pits = loo_pit(model, idata, rng=rng)
+                cdf[member, j] = pits.values
+                k_high.append(pits["pareto_k"].values > pits.attrs["good_k"])
+                w_k.append(weights[member])
+                others = np.flatnonzero(~member)
+                if others.size:
+                    draws = predict(
+                        model,
+                        idata,
+                        train.features[others],
+                        noise_inputs=None if train.log_errors is None else train.log_errors[others],
+                        feature_errors=None
+                        if train.covariance is None
+                        else train.covariance[others],
+                        rng=rng,
+                    ).values
+                    cdf[others, j] = pit(z_spec=z_train[others], samples=draws)
+            r = responsibility[:, v.members].copy()
+            r[r.sum(axis=1) <= 1e-12] = 1.0  # as for the test galaxies (_variant)
+            p = (r / r.sum(axis=1, keepdims=True) * cdf).sum(axis=1)
+            k_high, w_k = np.concatenate(k_high), np.concatenate(w_k)
         out[mode] = {
-            f"coverage_{round(100 * level)}{suffix}": loo_coverage(p, level=level, weights=ww)
+            f"coverage_{round(100 * level)}{suffix}": pit_coverage(p, level=level, weights=ww)
             for level in (0.68, 0.95)
-            for suffix, ww in (("", None), ("_population", w))
+            for suffix, ww in (("", None), ("_population", weights))
+        } | {
+            "pareto_k_high": float(k_high.mean()),
+            "pareto_k_high_population": float(np.average(k_high, weights=w_k)),
         }
     return out
 
@@ -748,12 +789,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             "",
             "training galaxies' leave-one-out coverage, as they are and weighted to the population",
-            f"{'variant':<16} {'cov68':>6} {'cov95':>6} {'pop68':>6} {'pop95':>6}",
+            f"{'variant':<16} {'cov68':>6} {'cov95':>6} {'pop68':>6} {'pop95':>6} "
+            f"{'high k-hat':>10}",
         ]
         for name, row in report["training_loo"].items():
             lines.append(
                 f"{name:<16} {row['coverage_68']:6.3f} {row['coverage_95']:6.3f} "
-                f"{row['coverage_68_population']:6.3f} {row['coverage_95_population']:6.3f}"
+                f"{row['coverage_68_population']:6.3f} {row['coverage_95_population']:6.3f} "
+                f"{row['pareto_k_high']:10.1%}"
             )
     ok = report["diagnostics"]["ok"]
     lines.append("")

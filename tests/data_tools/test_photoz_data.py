@@ -287,6 +287,22 @@ def test_pit_and_coverage_of_calibrated_predictions():
     assert too_narrow < 0.01
 
 
+def test_pit_coverage_against_numpy_and_bad_input():
+    values = np.array([0.1, 0.2, 0.5, 0.83, 0.9, 0.99])
+    w = np.array([1.0, 2.0, 3.0, 4.0, 0.0, 5.0])
+    inside = np.array([0, 1, 1, 1, 0, 0])  # |p - 0.5| <= 0.34
+    assert pz.pit_coverage(values, level=0.68) == pytest.approx(inside.mean())
+    assert pz.pit_coverage(values, level=0.68, weights=w) == pytest.approx(9 / 15)
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
+        pz.pit_coverage(values, level=68)
+    with pytest.raises(ValueError, match="pit_values"):
+        pz.pit_coverage([0.5, np.nan], level=0.68)
+    with pytest.raises(ValueError, match="weights has shape"):
+        pz.pit_coverage(values, level=0.68, weights=w[:3])
+    with pytest.raises(ValueError, match="weights must not all be zero"):
+        pz.pit_coverage(values, level=0.68, weights=np.zeros(6))
+
+
 def test_metrics_table_groups():
     z = np.array([0.2, 0.4, 1.2, 1.4])
     table = pz.metrics_table(z_spec=z, z_phot=z + 0.01, groups={"z": pd.cut(z, [0, 1, 2])})

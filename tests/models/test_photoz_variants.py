@@ -203,4 +203,6 @@ def test_training_loo_coverage_against_a_computation_by_hand(result):
             _loo_coverage_by_hand(path, weights), abs=0.02
         )
         assert 0.9 < got["coverage_95"] <= 1.0, mode
+    for mode in ("simple", "weighted", "divide"):
+        assert report["training_loo"][mode]["pareto_k_high"] < 0.05, mode
     assert "leave-one-out coverage" in format_report(report)
