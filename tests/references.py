@@ -76,3 +76,15 @@ def seed_fit(counts, masks, w_atmo, w_astro, e_primary, start=(1.0, 8.0, 2.5)):
         bounds=[(0, None), (0, None), (None, None)],
         options={"ftol": 1e-12, "gtol": 1e-8},
     )
+
+
+def importance_sampling_pit(log_lik, cdf):
+    """Leave-one-out PIT by plain importance sampling (Gelfand et al. 1992), no smoothing.
+
+    ``log_lik`` and ``cdf`` are ``(draws, n)``: each draw's pointwise log-likelihood and
+    predictive CDF at the observed value. PIT_i = sum_s r_is F_is / sum_s r_is with
+    r_is = 1 / p(y_i | theta_s) = exp(-log L_is).
+    """
+    log_lik, cdf = np.asarray(log_lik, dtype=float), np.asarray(cdf, dtype=float)
+    r = np.exp(-(log_lik - log_lik.max(axis=0)))
+    return (r * cdf).sum(axis=0) / r.sum(axis=0)

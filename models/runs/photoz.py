@@ -311,12 +311,19 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
             f"no mixture component has 20 or more training members at threshold "
             f"{config.threshold}; lower --threshold or use fewer --components."
         )
-    resp = test_resp[:, fitted]
-    # A test galaxy whose components all lack a model falls back to the fitted ones equally.
-    empty = resp.sum(axis=1) <= 1e-12
-    resp[empty] = 1.0
-    samples = combine_divided(per_component, resp, rng=rng)
+    samples = combine_divided(per_component, fitted_responsibility(test_resp, fitted), rng=rng)
     return Variant(samples, fits, members=fitted, seconds=time.perf_counter() - t0)
+
+
+def fitted_responsibility(responsibility: np.ndarray, fitted: list[int]) -> np.ndarray:
+    """Membership probabilities over the components that have a model (divide mode).
+
+    A galaxy whose components all lack a model falls back to the fitted ones equally. Rows are
+    not renormalised (:func:`models.photoz.combine_divided` does that).
+    """
+    r = responsibility[:, fitted]  # a copy: fancy indexing
+    r[r.sum(axis=1) <= 1e-12] = 1.0
+    return r
 
 
 def _baseline(X, z, X_test, weights, seed) -> np.ndarray:
@@ -391,7 +398,6 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
             variants,
             train,
             z_train,
-            mixtures.responsibilities(feats[split.train]),
             weights.values,
             division,
             np.random.default_rng(seeds[4 + len(MODES)]),
@@ -432,55 +438,52 @@ def training_loo(
     variants: dict[str, Variant],
     train: Inputs,
     z_train: np.ndarray,
-    responsibility: np.ndarray,
     weights: np.ndarray,
     division: Any,
     rng: np.random.Generator,
 ) -> dict[str, dict[str, float]]:
     """68 % / 95 % coverage of the training galaxies by each variant's leave-one-out intervals.
 
-    A divide variant predicts a training galaxy as it predicts a test galaxy: the mixture of
-    its component fits by membership probability, so the galaxy's PIT is
-    ``sum_k r_k F_k(z)``, with ``F_k`` the leave-one-out predictive CDF of the components the
-    galaxy trained (:func:`models.photoz.loo_pit`) and the ordinary predictive CDF of the
-    others. ``*_population`` weights each galaxy by its population-to-training density ratio:
+    A variant predicts a training galaxy as it predicts a test galaxy: a divide variant by the
+    mixture of its component fits by membership probability (``division.responsibility``), so
+    the galaxy's PIT is ``sum_k r_k F_k(z)``, with ``F_k`` the leave-one-out predictive CDF of
+    the components the galaxy trained (:func:`models.photoz.loo_pit`) and the ordinary
+    predictive CDF of the others; a single fit is the case of one component that every galaxy
+    trained. ``*_population`` weights each galaxy by its population-to-training density ratio:
     the calibration claimed for the population where the training set reaches it. It needs no
     redshifts beyond the training set's; galaxies unlike any in the training set are not in
     it. ``pareto_k_high`` is the share of leave-one-out PITs whose PSIS k-hat is above the
     reliable limit (``*_population``: by weight).
     """
+    n = z_train.size
     out = {}
     for mode, v in variants.items():
-        if not v.members:
-            ((model, idata),) = v.fits
-            pits = loo_pit(model, idata, rng=rng)
-            p, k_high, w_k = pits.values, pits["pareto_k"].values > pits.attrs["good_k"], weights
+        if v.members:
+            trained = division.member[:, v.members].T
+            r = fitted_responsibility(division.responsibility, v.members)
         else:
-            cdf = np.empty((z_train.size, len(v.fits)))
-            k_high, w_k = [], []
-            for j, ((model, idata), component) in enumerate(zip(v.fits, v.members, strict=True)):
-                member = division.member[:, component]
-                pits = loo_pit(model, idata, rng=rng)
-                cdf[member, j] = pits.values
-                k_high.append(pits["pareto_k"].values > pits.attrs["good_k"])
-                w_k.append(weights[member])
-                others = np.flatnonzero(~member)
-                if others.size:
-                    draws = predict(
-                        model,
-                        idata,
-                        train.features[others],
-                        noise_inputs=None if train.log_errors is None else train.log_errors[others],
-                        feature_errors=None
-                        if train.covariance is None
-                        else train.covariance[others],
-                        rng=rng,
-                    ).values
-                    cdf[others, j] = pit(z_spec=z_train[others], samples=draws)
-            r = responsibility[:, v.members].copy()
-            r[r.sum(axis=1) <= 1e-12] = 1.0  # as for the test galaxies (_variant)
-            p = (r / r.sum(axis=1, keepdims=True) * cdf).sum(axis=1)
-            k_high, w_k = np.concatenate(k_high), np.concatenate(w_k)
+            trained, r = np.ones((1, n), dtype=bool), np.ones((n, 1))
+        cdf = np.empty((n, len(v.fits)))
+        k_high, w_k = [], []
+        for j, ((model, idata), member) in enumerate(zip(v.fits, trained, strict=True)):
+            pits = loo_pit(model, idata, rng=rng)
+            cdf[member, j] = pits.values
+            k_high.append(pits["pareto_k"].values > pits.attrs["good_k"])
+            w_k.append(weights[member])
+            others = np.flatnonzero(~member)
+            if others.size:
+                rows = train.rows(others)
+                draws = predict(
+                    model,
+                    idata,
+                    rows.features,
+                    noise_inputs=rows.log_errors,
+                    feature_errors=rows.covariance,
+                    rng=rng,
+                ).values
+                cdf[others, j] = pit(z_spec=z_train[others], samples=draws)
+        p = (r / r.sum(axis=1, keepdims=True) * cdf).sum(axis=1)
+        k_high, w_k = np.concatenate(k_high), np.concatenate(w_k)
         out[mode] = {
             f"coverage_{round(100 * level)}{suffix}": pit_coverage(p, level=level, weights=ww)
             for level in (0.68, 0.95)

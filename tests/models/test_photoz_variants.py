@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from references import importance_sampling_pit
 from scipy import special, stats
 
 from models.cli import main
@@ -181,8 +182,7 @@ def _loo_coverage_by_hand(path, weights, level=0.68):
     y = dt["observed_data"]["log1pz"].values
     cdf = stats.t.cdf((y - coef @ terms.T) / sigma, nu)
     log_lik = dt["log_likelihood"]["log1pz"].values.reshape(len(nu), -1)
-    r = np.exp(-(log_lik - log_lik.max(axis=0)))
-    pit = (r * cdf).sum(axis=0) / r.sum(axis=0)
+    pit = importance_sampling_pit(log_lik, cdf)
     return np.average(np.abs(pit - 0.5) <= level / 2, weights=weights)
 
 
