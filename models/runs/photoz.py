@@ -276,24 +276,26 @@ def _train_one(config, inputs, z, weights, rng):
     return model, idata
 
 
+def _predict(model, idata, galaxies: Inputs, rng) -> np.ndarray:
+    """Predictive draws of z, ``(n_galaxy, n_draw)``, for galaxies the model did not train on."""
+    return predict(
+        model,
+        idata,
+        galaxies.features,
+        noise_inputs=galaxies.log_errors,
+        feature_errors=galaxies.covariance,
+        rng=rng,
+    ).values
+
+
 def _variant(mode, config, train, z_train, test, weights, division, test_resp, rng) -> Variant:
     """Train one variant on ``train`` and predict ``test`` (both :class:`Inputs`)."""
     t0 = time.perf_counter()
 
-    def predict_test(model, idata):
-        return predict(
-            model,
-            idata,
-            test.features,
-            noise_inputs=test.log_errors,
-            feature_errors=test.covariance,
-            rng=rng,
-        ).values
-
     w = weights if mode in ("weighted", "divide-weighted") else None
     if mode in ("simple", "weighted"):
         model, idata = _train_one(config, train, z_train, w, rng)
-        samples = predict_test(model, idata)
+        samples = _predict(model, idata, test, rng)
         return Variant(samples, [(model, idata)], seconds=time.perf_counter() - t0)
     fits, per_component, fitted = [], [], []
     for k in range(division.member.shape[1]):
@@ -304,7 +306,7 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
             config, train.rows(rows), z_train[rows], None if w is None else w[rows], rng
         )
         fits.append((model, idata))
-        per_component.append(predict_test(model, idata))
+        per_component.append(_predict(model, idata, test, rng))
         fitted.append(k)
     if not fitted:
         raise ValueError(
@@ -472,15 +474,7 @@ def training_loo(
             w_k.append(weights[member])
             others = np.flatnonzero(~member)
             if others.size:
-                rows = train.rows(others)
-                draws = predict(
-                    model,
-                    idata,
-                    rows.features,
-                    noise_inputs=rows.log_errors,
-                    feature_errors=rows.covariance,
-                    rng=rng,
-                ).values
+                draws = _predict(model, idata, train.rows(others), rng)
                 cdf[others, j] = pit(z_spec=z_train[others], samples=draws)
         p = (r / r.sum(axis=1, keepdims=True) * cdf).sum(axis=1)
         k_high, w_k = np.concatenate(k_high), np.concatenate(w_k)
