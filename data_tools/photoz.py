@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy.integrate import cumulative_trapezoid
 from scipy.special import erf, expit
 from sklearn.cluster import KMeans
@@ -796,6 +797,7 @@ def rbf_basis(
     *,
     weights: Any = None,
     length_subsample: int = 500,
+    min_support: float = 2.0,
     rng: Any = None,
 ) -> RBFBasis:
     """Basis functions with k-means centres and length scales fitted by type-II likelihood.
@@ -805,8 +807,14 @@ def rbf_basis(
     Gaussian process fitted to ``ln(1 + z)`` by maximum marginal likelihood with
     scikit-learn, on a random subsample of ``length_subsample`` galaxies (drawn with
     probability proportional to ``weights`` when given): GPz fits its length scales the same
-    way. Every function gets the same per-feature scales; :class:`RBFBasis` holds one row per
-    function so that per-function scales can be set by hand.
+    way. Every function gets the same per-feature scales, except that a function whose
+    *support* (how many training galaxies its weight can fit: ``sum_i phi_j(x_i)``, counted
+    whatever their weights) is below ``min_support`` has its scales stretched by the one
+    factor that brings its support to ``min_support``. k-means gives an isolated galaxy a
+    centre of its own (support about 1); under Student-t noise the weight of such a function
+    can fit that galaxy or leave it as an outlier, a bimodal posterior the chains rarely
+    cross. Stretching the function, rather than dropping it, keeps the galaxy from pulling the
+    linear terms. :class:`RBFBasis` holds one row of scales per function.
 
     Parameters
     ----------
@@ -818,6 +826,8 @@ def rbf_basis(
         Number of functions, ``1 <= n_basis <= n``.
     weights
         Optional per-galaxy weights (weighted training) for the scaling, k-means and subsample.
+    min_support
+        Smallest support of a function, in galaxies; ``0`` stretches none. Below ``n``.
     """
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
@@ -839,6 +849,12 @@ def rbf_basis(
     )
     if w.size != X.shape[0]:
         raise ValueError(f"weights has {w.size} entries for {X.shape[0]} galaxies.")
+    min_support = float(as_finite_array("min_support", min_support, ndim=0, nonnegative=True))
+    if 0 < min_support and min_support >= X.shape[0]:
+        raise ValueError(
+            f"min_support={min_support:g} is not below the {X.shape[0]} training galaxies; "
+            f"use a smaller min_support (2 is the default)."
+        )
     rng = np.random.default_rng(rng)
     d = X.shape[1]
     center = np.array([_weighted_quantile(X[:, j], w, 0.5) for j in range(d)])
@@ -863,7 +879,28 @@ def rbf_basis(
         warnings.simplefilter("ignore", ConvergenceWarning)
         gp.fit(Xs[sub], np.log1p(z[sub]))
     lengths = np.atleast_1d(gp.kernel_.k1.k2.length_scale).astype(float)
-    return RBFBasis(center, scale, centers, np.tile(lengths, (n_basis, 1)))
+    lengths = np.tile(lengths, (n_basis, 1))
+    stretch = _support_stretch(Xs, centers, lengths, min_support)
+    return RBFBasis(center, scale, centers, lengths * stretch[:, None])
+
+
+def _support_stretch(
+    Xs: np.ndarray, centers: np.ndarray, lengths: np.ndarray, min_support: float
+) -> np.ndarray:
+    """Per-function factor >= 1 on the length scales that lifts each support to ``min_support``.
+
+    Support ``s_j(f) = sum_i exp(-0.5 r_ij^2 / f^2)`` rises from ``s_j(1)`` towards
+    ``n >= min_support`` as ``f`` grows, so the root is bracketed by doubling.
+    """
+    r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
+    stretch = np.ones(centers.shape[0])
+    for j in np.flatnonzero(np.exp(-0.5 * r2).sum(axis=0) < min_support):
+        gap = lambda f, j=j: np.exp(-0.5 * r2[:, j] / f**2).sum() - min_support  # noqa: E731
+        hi = 2.0
+        while gap(hi) < 0:
+            hi *= 2
+        stretch[j] = optimize.brentq(gap, 1.0, hi, xtol=1e-6)
+    return stretch
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:

@@ -258,6 +258,35 @@ def test_rbf_design_against_direct_formula(features, catalog):
     np.testing.assert_allclose(basis.design(X_train[:5]), direct, rtol=1e-12)
 
 
+
+def test_isolated_functions_are_stretched_to_the_minimum_support(features, catalog):
+    _, X_train = features
+    z = catalog["z_spec"].dropna().to_numpy()
+    # one galaxy far from the rest: k-means gives it a centre of its own
+    X = np.vstack([X_train, X_train.mean(axis=0) + 8 * X_train.std(axis=0)])
+    z = np.append(z, 5.0)
+    plain = pz.rbf_basis(X, z, 30, min_support=0, rng=3)
+    basis = pz.rbf_basis(X, z, 30, min_support=3.0, rng=3)
+    np.testing.assert_array_equal(basis.centers, plain.centers)
+
+    def support(b):
+        Xs = (X - b.feature_center) / b.feature_scale
+        r2 = (((Xs[:, None, :] - b.centers[None]) / b.length_scales[None]) ** 2).sum(axis=-1)
+        return np.exp(-0.5 * r2).sum(axis=0)
+
+    before, after = support(plain), support(basis)
+    low = before < 3.0
+    assert 1 <= low.sum() < 30 and before.min() < 1.5  # the isolated galaxy's function
+    np.testing.assert_allclose(after[low], 3.0, rtol=1e-5)
+    np.testing.assert_array_equal(basis.length_scales[~low], plain.length_scales[~low])
+    ratio = basis.length_scales[low] / plain.length_scales[low]
+    assert (ratio > 1).all()
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio))  # one factor per function
+    for bad in (-1.0, np.nan, X.shape[0]):
+        with pytest.raises(ValueError, match="min_support"):
+            pz.rbf_basis(X, z, 30, min_support=bad, rng=3)
+
+
 # --- metrics -------------------------------------------------------------------------------
 
 
