@@ -427,13 +427,28 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
         report = _report(
             config, split, mixtures, weights, division, variants, table, comparison, t_start
         )
-        report["training_loo"] = loo_training
-        files = _write(out, config, split, cat, feats, weights, variants, baseline, table, report)
+        report["training_loo"] = {m: t.summary for m, t in loo_training.items()}
+        files = _write(
+            out, config, split, cat, feats, weights, variants, baseline, table, report, loo_training
+        )
         report["files"] = files
         atomic_write_text(out / "report.json", json.dumps(_jsonable(report), indent=2) + "\n")
     if not config.quiet:
         print(format_report(report), flush=True)
     return report
+
+
+@dataclass(frozen=True)
+class TrainingLoo:
+    """One variant's leave-one-out PITs of its training galaxies (:func:`training_loo`)."""
+
+    pit: np.ndarray
+    """Per training galaxy, ``(n_train,)``: uniform if the leave-one-out predictions are
+    calibrated."""
+    weight: np.ndarray
+    """The galaxies' population-to-training density ratios, for population-weighted summaries."""
+    summary: dict[str, float]
+    """68 % / 95 % coverage as they are and weighted, and the share of high k-hat."""
 
 
 def training_loo(
@@ -443,8 +458,8 @@ def training_loo(
     weights: np.ndarray,
     division: Any,
     rng: np.random.Generator,
-) -> dict[str, dict[str, float]]:
-    """68 % / 95 % coverage of the training galaxies by each variant's leave-one-out intervals.
+) -> dict[str, TrainingLoo]:
+    """Leave-one-out PITs of the training galaxies under each variant, and their coverage.
 
     A variant predicts a training galaxy as it predicts a test galaxy: a divide variant by the
     mixture of its component fits by membership probability (``division.responsibility``), so
@@ -455,7 +470,8 @@ def training_loo(
     the calibration claimed for the population where the training set reaches it. It needs no
     redshifts beyond the training set's; galaxies unlike any in the training set are not in
     it. ``pareto_k_high`` is the share of leave-one-out PITs whose PSIS k-hat is above the
-    reliable limit (``*_population``: by weight).
+    reliable limit (``*_population``: by weight). These are the keys of each variant's
+    :attr:`TrainingLoo.summary` (``report.json``'s ``training_loo``).
     """
     n = z_train.size
     out = {}
@@ -478,7 +494,7 @@ def training_loo(
                 cdf[others, j] = pit(z_spec=z_train[others], samples=draws)
         p = (r / r.sum(axis=1, keepdims=True) * cdf).sum(axis=1)
         k_high, w_k = np.concatenate(k_high), np.concatenate(w_k)
-        out[mode] = {
+        summary = {
             f"coverage_{round(100 * level)}{suffix}": pit_coverage(p, level=level, weights=ww)
             for level in (0.68, 0.95)
             for suffix, ww in (("", None), ("_population", weights))
@@ -486,6 +502,7 @@ def training_loo(
             "pareto_k_high": float(k_high.mean()),
             "pareto_k_high_population": float(np.average(k_high, weights=w_k)),
         }
+        out[mode] = TrainingLoo(p, weights, summary)
     return out
 
 
@@ -534,9 +551,11 @@ def _basis_support(model, label: str | None) -> dict[str, Any] | None:
     them back). The support of function ``j`` is ``sum_i phi_j(x_i)`` over those galaxies;
     ``effective`` weights each galaxy as its likelihood does (weights summing to their
     effective sample size, so it equals ``galaxies`` for an unweighted fit); ``z_spec`` is the
-    redshift of the galaxy nearest the centre. k-means gives an isolated galaxy a function of
-    its own (support about 1), whose weight under Student-t noise can fit that galaxy or leave
-    it as an outlier: the bimodality behind seed 8's failed check.
+    redshift of the galaxy nearest the centre. A function informed by about one galaxy has a
+    weight that, under Student-t noise, can fit that galaxy or leave it as an outlier: the
+    bimodality behind seed 8's failed check before :func:`data_tools.photoz.rbf_basis`
+    stretched such functions to two galaxies. A weighted fit can still lean on one heavily
+    weighted galaxy (``effective`` below 2).
     """
     match = _BASIS_WEIGHT.match(label or "")
     if match is None:
@@ -615,7 +634,9 @@ def _report(config, split, mixtures, weights, division, variants, table, compari
     }
 
 
-def _write(out, config, split, cat, feats, weights, variants, baseline, table, report):
+def _write(
+    out, config, split, cat, feats, weights, variants, baseline, table, report, loo_training
+):
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(variants))
     model, idata = variants[first].fits[0]
@@ -649,7 +670,7 @@ def _write(out, config, split, cat, feats, weights, variants, baseline, table, r
     plots.save_figure(
         weighting_figure(feats, feats[split.train], weights.values), out / "features_weighting.png"
     )
-    plots.save_figure(pit_figure(split.z_test, variants), out / "pit.png")
+    plots.save_figure(pit_figure(split.z_test, variants, loo_training), out / "pit.png")
     plots.save_trace(idata, ["coef", "noise_coef"], out / "trace.png")
     files += ["zphot_zspec.png", "features_weighting.png", "pit.png", "trace.png"]
     return files
@@ -746,15 +767,46 @@ def weighting_figure(X_pop, X_train, weights, *, labels=None) -> plt.Figure:
     return fig
 
 
-def pit_figure(z_test, variants) -> plt.Figure:
-    """PIT histograms per variant (flat when the predictive distributions are calibrated)."""
+def pit_figure(
+    z_test: np.ndarray,
+    variants: dict[str, Variant],
+    training: dict[str, TrainingLoo] | None = None,
+) -> plt.Figure:
+    """PIT histograms per variant (flat when the predictive distributions are calibrated).
+
+    With ``training`` (:func:`training_loo`), each panel also outlines the training
+    galaxies' leave-one-out PITs, as they are and weighted to the population: a hump in the
+    middle of both the training and the test histogram is over-dispersion, a test histogram
+    piled at the edges beside a flat training one is the shift to the population.
+    """
     fig, axes = plt.subplots(1, len(variants), figsize=(3.0 * len(variants), 2.8), squeeze=False)
     for ax, (name, v) in zip(axes[0], variants.items(), strict=True):
         values = pit(z_spec=z_test, samples=v.samples)
-        ax.hist(values, bins=20, range=(0, 1), density=True, color="C0", alpha=0.7)
+        ax.hist(
+            values, bins=20, range=(0, 1), density=True, color="C0", alpha=0.6, label="test set"
+        )
+        if training is not None and name in training:
+            t = training[name]
+            for w, colour, label in (
+                (None, "C1", "training LOO"),
+                (t.weight, "C2", "training LOO, weighted"),
+            ):
+                ax.hist(
+                    t.pit,
+                    bins=20,
+                    range=(0, 1),
+                    density=True,
+                    weights=w,
+                    histtype="step",
+                    color=colour,
+                    lw=1.5,
+                    label=label,
+                )
         ax.axhline(1.0, color="k", ls="--")
         ax.set(title=name, xlabel="PIT")
     axes[0, 0].set_ylabel("density")
+    if training is not None:
+        axes[0, 0].legend(fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 

@@ -258,7 +258,6 @@ def test_rbf_design_against_direct_formula(features, catalog):
     np.testing.assert_allclose(basis.design(X_train[:5]), direct, rtol=1e-12)
 
 
-
 def test_isolated_functions_are_stretched_to_the_minimum_support(features, catalog):
     _, X_train = features
     z = catalog["z_spec"].dropna().to_numpy()

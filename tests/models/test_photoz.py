@@ -720,6 +720,9 @@ def test_training_loo_mixes_a_divide_variants_components(toy):
         division,
         np.random.default_rng(1),
     )["divide"]
+    np.testing.assert_array_equal(got.weight, weights)
+    assert got.pit.shape == (n,) and ((got.pit >= 0) & (got.pit <= 1)).all()
+    got = got.summary
 
     r = resp.copy()
     r[:10] = 1.0
