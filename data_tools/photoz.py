@@ -797,7 +797,7 @@ def rbf_basis(
     *,
     weights: Any = None,
     length_subsample: int = 500,
-    min_support: float = 2.0,
+    min_support: float = 5.0,
     rng: Any = None,
 ) -> RBFBasis:
     """Basis functions with k-means centres and length scales fitted by type-II likelihood.
@@ -814,7 +814,10 @@ def rbf_basis(
     centre of its own (support about 1); under Student-t noise the weight of such a function
     can fit that galaxy or leave it as an outlier, a bimodal posterior the chains rarely
     cross. Stretching the function, rather than dropping it, keeps the galaxy from pulling the
-    linear terms. :class:`RBFBasis` holds one row of scales per function.
+    linear terms. (Default run, simple fit: at a support of 2 such a weight still mixed
+    slowly, bulk ESS 259 of 4,000 draws at seed 8; at 3, r-hat 1.015 at seed 2; at 5 its ESS
+    was 1,782 and 1,575, with sigma_NMAD and coverage unchanged within 0.02.)
+    :class:`RBFBasis` holds one row of scales per function.
 
     Parameters
     ----------
@@ -853,7 +856,7 @@ def rbf_basis(
     if 0 < min_support and min_support >= X.shape[0]:
         raise ValueError(
             f"min_support={min_support:g} is not below the {X.shape[0]} training galaxies; "
-            f"use a smaller min_support (2 is the default)."
+            f"use a smaller min_support (5 is the default)."
         )
     rng = np.random.default_rng(rng)
     d = X.shape[1]

@@ -554,7 +554,7 @@ def _basis_support(model, label: str | None) -> dict[str, Any] | None:
     redshift of the galaxy nearest the centre. A function informed by about one galaxy has a
     weight that, under Student-t noise, can fit that galaxy or leave it as an outlier: the
     bimodality behind seed 8's failed check before :func:`data_tools.photoz.rbf_basis`
-    stretched such functions to two galaxies. A weighted fit can still lean on one heavily
+    stretched such functions to five galaxies. A weighted fit can still lean on one heavily
     weighted galaxy (``effective`` below 2).
     """
     match = _BASIS_WEIGHT.match(label or "")
