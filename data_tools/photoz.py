@@ -830,7 +830,7 @@ def rbf_basis(
     weights
         Optional per-galaxy weights (weighted training) for the scaling, k-means and subsample.
     min_support
-        Smallest support of a function, in galaxies; ``0`` stretches none. Below ``n``.
+        Smallest support of a function, in galaxies: below ``n``, or ``0`` to stretch none.
     """
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
@@ -856,7 +856,8 @@ def rbf_basis(
     if 0 < min_support and min_support >= X.shape[0]:
         raise ValueError(
             f"min_support={min_support:g} is not below the {X.shape[0]} training galaxies; "
-            f"use a smaller min_support (5 is the default)."
+            f"add galaxies, lower min_support (default 5), or pass min_support=0 to stretch no "
+            f"function."
         )
     rng = np.random.default_rng(rng)
     d = X.shape[1]
@@ -893,16 +894,19 @@ def _support_stretch(
     """Per-function factor >= 1 on the length scales that lifts each support to ``min_support``.
 
     Support ``s_j(f) = sum_i exp(-0.5 r_ij^2 / f^2)`` rises from ``s_j(1)`` towards
-    ``n >= min_support`` as ``f`` grows, so the root is bracketed by doubling.
+    ``n > min_support`` as ``f`` grows, so the root is bracketed by doubling.
     """
     r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
+
+    def gap(f: float, j: int) -> float:
+        return float(np.exp(-0.5 * r2[:, j] / f**2).sum() - min_support)
+
     stretch = np.ones(centers.shape[0])
     for j in np.flatnonzero(np.exp(-0.5 * r2).sum(axis=0) < min_support):
-        gap = lambda f, j=j: np.exp(-0.5 * r2[:, j] / f**2).sum() - min_support  # noqa: E731
         hi = 2.0
-        while gap(hi) < 0:
+        while gap(hi, j) < 0:
             hi *= 2
-        stretch[j] = optimize.brentq(gap, 1.0, hi, xtol=1e-6)
+        stretch[j] = optimize.brentq(gap, 1.0, hi, args=(j,), xtol=1e-6)
     return stretch
 
 

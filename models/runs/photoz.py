@@ -446,7 +446,8 @@ class TrainingLoo:
     """Per training galaxy, ``(n_train,)``: uniform if the leave-one-out predictions are
     calibrated."""
     weight: np.ndarray
-    """The galaxies' population-to-training density ratios, for population-weighted summaries."""
+    """The galaxies' population-to-training density ratios, ``(n_train,)``, for
+    population-weighted summaries."""
     summary: dict[str, float]
     """68 % / 95 % coverage as they are and weighted, and the share of high k-hat."""
 
@@ -670,7 +671,7 @@ def _write(
     plots.save_figure(
         weighting_figure(feats, feats[split.train], weights.values), out / "features_weighting.png"
     )
-    plots.save_figure(pit_figure(split.z_test, variants, loo_training), out / "pit.png")
+    plots.save_figure(pit_figure(split.z_test, variants, training=loo_training), out / "pit.png")
     plots.save_trace(idata, ["coef", "noise_coef"], out / "trace.png")
     files += ["zphot_zspec.png", "features_weighting.png", "pit.png", "trace.png"]
     return files
@@ -770,6 +771,7 @@ def weighting_figure(X_pop, X_train, weights, *, labels=None) -> plt.Figure:
 def pit_figure(
     z_test: np.ndarray,
     variants: dict[str, Variant],
+    *,
     training: dict[str, TrainingLoo] | None = None,
 ) -> plt.Figure:
     """PIT histograms per variant (flat when the predictive distributions are calibrated).

@@ -281,9 +281,11 @@ def test_isolated_functions_are_stretched_to_the_minimum_support(features, catal
     ratio = basis.length_scales[low] / plain.length_scales[low]
     assert (ratio > 1).all()
     np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio))  # one factor per function
-    for bad in (-1.0, np.nan, X.shape[0]):
-        with pytest.raises(ValueError, match="min_support"):
+    for bad, message in ((-1.0, "min_support must be"), (np.nan, "min_support contains nan")):
+        with pytest.raises(ValueError, match=message):
             pz.rbf_basis(X, z, 30, min_support=bad, rng=3)
+    with pytest.raises(ValueError, match=f"is not below the {X.shape[0]} training galaxies"):
+        pz.rbf_basis(X, z, 30, min_support=X.shape[0], rng=3)
 
 
 # --- metrics -------------------------------------------------------------------------------
