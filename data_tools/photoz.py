@@ -755,6 +755,10 @@ def feature_divergence(
 # --- radial basis functions ------------------------------------------------------------------
 
 
+MIN_SUPPORT = 5.0
+"""Default smallest support of a basis function, in training galaxies (:func:`rbf_basis`)."""
+
+
 @dataclass(frozen=True)
 class RBFBasis:
     """Radial basis functions on robust-scaled features.
@@ -797,7 +801,7 @@ def rbf_basis(
     *,
     weights: Any = None,
     length_subsample: int = 500,
-    min_support: float = 5.0,
+    min_support: float = MIN_SUPPORT,
     rng: Any = None,
 ) -> RBFBasis:
     """Basis functions with k-means centres and length scales fitted by type-II likelihood.
@@ -856,8 +860,8 @@ def rbf_basis(
     if 0 < min_support and min_support >= X.shape[0]:
         raise ValueError(
             f"min_support={min_support:g} is not below the {X.shape[0]} training galaxies; "
-            f"add galaxies, lower min_support (default 5), or pass min_support=0 to stretch no "
-            f"function."
+            f"add galaxies, lower min_support (default {MIN_SUPPORT:g}), or pass min_support=0 "
+            f"to stretch no function."
         )
     rng = np.random.default_rng(rng)
     d = X.shape[1]

@@ -31,6 +31,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from data_tools._io import atomic_path, atomic_write_text
 from data_tools.photoz import (
     BANDS,
+    MIN_SUPPORT,
     feature_covariance,
     fit_mixtures,
     gmm_divide,
@@ -555,8 +556,9 @@ def _basis_support(model, label: str | None) -> dict[str, Any] | None:
     redshift of the galaxy nearest the centre. A function informed by about one galaxy has a
     weight that, under Student-t noise, can fit that galaxy or leave it as an outlier: the
     bimodality behind seed 8's failed check before :func:`data_tools.photoz.rbf_basis`
-    stretched such functions to five galaxies. A weighted fit can still lean on one heavily
-    weighted galaxy (``effective`` below 2).
+    stretched such functions to ``MIN_SUPPORT`` galaxies. A stretched function can still be
+    dominated by its nearest galaxy (seed 12: 5.0 galaxies, r-hat 1.028), and a weighted fit
+    can lean on one heavily weighted galaxy (``effective`` below 2).
     """
     match = _BASIS_WEIGHT.match(label or "")
     if match is None:
@@ -879,9 +881,12 @@ def _format_support(support: dict[str, Any]) -> str:
         + (f" ({support['effective']:.1f} effective)" if weighted else "")
         + f", the nearest at z_spec {support['z_spec']:.2f}"
     )
-    if support["effective"] < 2 and support["student_t"]:
+    # as few galaxies as rbf_basis leaves a function (it stretches the rest to MIN_SUPPORT),
+    # or about one galaxy's weight in a weighted fit
+    few = support["galaxies"] < MIN_SUPPORT + 0.5 or support["effective"] < 2
+    if few and support["student_t"]:
         line += (
-            ":\n    under Student-t noise its weight can fit that galaxy or leave it as an "
+            ":\n    under Student-t noise its weight can fit the nearest galaxy or leave it as an "
             "outlier,\n    two modes the chains cross rarely (README, photo-z section). "
             "Another --seed\n    redraws the split and the k-means centres (and a simulated "
             "catalogue)."
