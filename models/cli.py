@@ -234,6 +234,12 @@ def _parser() -> argparse.ArgumentParser:
     pz.add_argument(
         "--no-compare", action="store_true", help="skip the LOO comparison of noise models"
     )
+    pz.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="do not fit a model again with twice the draws and tuning when its NUTS fit "
+        "fails the convergence check",
+    )
     pz.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
 
     demo = sub.add_parser("demo", help="every implemented use case at small size (minutes)")
@@ -360,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     PhotozRunConfig,
                     args,
                     compare=not args.no_compare,
+                    refit=not args.no_refit,
                     modes=tuple(args.modes),
                     bands=tuple(args.bands),
                 )

@@ -69,6 +69,10 @@ PHOTOMETRIC_ERRORS = ("propagate", "noise-inputs", "ignore")
 (GPz's input-noise term), as extra inputs of the log-noise (GPz++), or not at all."""
 NUTS_LIMIT = 5000
 """Training sets up to this size are fitted with NUTS by ``method="auto"``; larger with ADVI."""
+REFIT_FACTOR = 2
+"""A NUTS fit that fails the convergence check is fitted once more with this many times the
+draws and tuning steps (``refit``): a weight whose chains cross between two modes rarely, or
+linear terms that mix slowly, then reach r-hat <= 1.01 (README, photo-z section)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,9 @@ class PhotozRunConfig:
     err_prefix: str = "lupterr_"
     z_column: str = "z_spec"
     compare: bool = True
+    refit: bool = True
+    """Fit a model again with ``REFIT_FACTOR`` times the draws and tuning when its NUTS fit
+    fails the convergence check (once; the report says which fits were refitted)."""
     photometric_errors: str = "propagate"
     likelihood: str = "student_t"
     quiet: bool = False
@@ -264,16 +271,40 @@ def _build(config, inputs, z, weights, rng):
 
 
 def _train_one(config, inputs, z, weights, rng):
+    """Build and fit one model, fitting it again once if NUTS fails the convergence check.
+
+    The second fit has ``REFIT_FACTOR`` times the draws and tuning (``config.refit``); its
+    idata's ``attrs["refitted_after"]`` says how the first fit failed.
+    """
     model = _build(config, inputs, z, weights, rng)
-    idata = fit(
-        model,
-        method=_method(config, z.size),
-        draws=config.draws,
-        tune=config.tune,
-        chains=config.chains,
-        rng=rng,
-        progressbar=not config.quiet,
-    )
+    method = _method(config, z.size)
+
+    def attempt(factor: int) -> xr.DataTree:
+        return fit(
+            model,
+            method=method,
+            draws=factor * config.draws,
+            tune=factor * config.tune,
+            chains=config.chains,
+            rng=rng,
+            progressbar=not config.quiet,
+        )
+
+    idata = attempt(1)
+    if method != "nuts" or not config.refit:
+        return model, idata
+    first = convergence(idata, parameter_names(model))
+    if first["ok"]:
+        return model, idata
+    if not config.quiet:
+        print(
+            f"      the fit to {z.size} galaxies failed the convergence check "
+            f"({format_convergence(first)}); fitting again with {REFIT_FACTOR} x the draws "
+            f"and tuning",
+            flush=True,
+        )
+    idata = attempt(REFIT_FACTOR)
+    idata.attrs["refitted_after"] = format_convergence(first)
     return model, idata
 
 
@@ -586,6 +617,8 @@ def _diagnostics(variant: Variant) -> dict[str, Any]:
             out.append({"method": "advi", "ok": True} | about)
             continue
         diag = convergence(idata, parameter_names(model)) | about
+        if "refitted_after" in idata.attrs:
+            diag["refitted_after"] = str(idata.attrs["refitted_after"])
         # the basis weight behind a failed r-hat or bulk-ESS check, if one is
         for check in ("r_hat", "ess_bulk"):
             label = diag[f"worst_{check}"] if check in diag["failed"] else None
@@ -861,11 +894,18 @@ def format_report(report: dict[str, Any]) -> str:
         if mode == "ok":
             continue
         for one in diag["fits"]:
-            if one["ok"]:
+            if one["ok"] and "refitted_after" not in one:
                 continue
             which = f"{mode} fit" + (
                 f" (component {one['component']})" if "component" in one else ""
             )
+            if "refitted_after" in one:
+                lines.append(
+                    f"  {which}: fitted again with {REFIT_FACTOR} x the draws after "
+                    f"{one['refitted_after']}"
+                )
+            if one["ok"]:
+                continue
             lines.append(f"  {which}: {format_convergence(one)}")
             if "basis_support" in one:
                 lines.append(_format_support(one["basis_support"]))

@@ -515,9 +515,10 @@ def test_run_diagnostics_name_each_divide_fits_component(toy):
     assert "component" not in run_photoz._diagnostics(single)["fits"][0]
 
 
-def _chains(model, *, bad: str, seed=0):
-    """Two chains of 1,000 independent draws, in which parameter ``bad`` differs in scale (3x)
-    between the chains (folded r-hat about 1.2) and every other parameter mixes."""
+def _chains(model, *, bad: str, seed=0, scale=3.0):
+    """Two chains of 1,000 independent draws, in which parameter ``bad`` differs in scale
+    (``scale``; 3x gives a folded r-hat of about 1.2) between the chains and every other
+    parameter mixes."""
     rng = np.random.default_rng(seed)
     dim = {"coef": "term", "noise_coef": "noise_term"}
     coords = {d: list(model.coords[d]) for d in dim.values()}
@@ -525,7 +526,7 @@ def _chains(model, *, bad: str, seed=0):
     if "nu" in model.named_vars:
         posterior["nu"] = rng.lognormal(size=(2, 1000))
     var, label = bad.rstrip("]").split("[")
-    posterior[var][1, :, coords[dim[var]].index(label)] *= 3.0
+    posterior[var][1, :, coords[dim[var]].index(label)] *= scale
     return az.from_dict(
         {
             "posterior": posterior,
@@ -593,6 +594,67 @@ def test_no_basis_support_when_no_basis_weight_fails(toy):
     assert "basis_support" not in fit
     assert run_photoz._basis_support(model, "noise_coef[x0]") is None
     assert run_photoz._basis_support(model, None) is None
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_fit_that_fails_the_check_is_fitted_again_with_more_draws(toy, monkeypatch, refit):
+    """One more NUTS fit, with REFIT_FACTOR x the draws and tuning, when the first fails."""
+    from models.runs import photoz as run_photoz
+
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    failed = _chains(model, bad="coef[basis3]")
+    passed = _chains(model, bad="coef[basis3]", scale=1.0)
+    calls = []
+
+    def fake_fit(model, *, method, draws, tune, **kwargs):
+        calls.append((method, draws, tune))
+        return (failed if len(calls) == 1 else passed).copy()
+
+    monkeypatch.setattr(run_photoz, "fit", fake_fit)
+    monkeypatch.setattr(run_photoz, "_build", lambda *args: model)
+    config = run_photoz.PhotozRunConfig(draws=300, tune=200, refit=refit, quiet=True)
+    _, idata = run_photoz._train_one(config, None, z, None, np.random.default_rng(0))
+    first = convergence(failed, photoz.parameter_names(model))
+    assert not first["ok"] and convergence(passed, photoz.parameter_names(model))["ok"]
+    if not refit:
+        assert calls == [("nuts", 300, 200)] and "refitted_after" not in idata.attrs
+        return
+    factor = run_photoz.REFIT_FACTOR
+    assert calls == [("nuts", 300, 200), ("nuts", factor * 300, factor * 200)]
+    assert idata.attrs["refitted_after"] == format_convergence(first)
+    diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
+    assert diag["ok"] and diag["fits"][0]["refitted_after"] == format_convergence(first)
+    report = _failed_report() | {"diagnostics": {"simple": diag, "ok": True}}
+    lines = run_photoz.format_report(report).splitlines()
+    assert "convergence: ok; 1 s in all" in lines
+    assert f"  simple fit: fitted again with {factor} x the draws after max r-hat" in "\n".join(
+        lines
+    )
+    assert "(coef[basis3])" in lines[-1]
+    # a fit that passes the first time is not fitted again, nor is an ADVI fit
+    calls.clear()
+    monkeypatch.setattr(run_photoz, "fit", lambda model, **kw: calls.append(kw) or passed)
+    run_photoz._train_one(config, None, z, None, np.random.default_rng(0))
+    assert len(calls) == 1
+    calls.clear()
+    advi = run_photoz.PhotozRunConfig(method="advi", refit=True, quiet=True)
+    monkeypatch.setattr(run_photoz, "fit", lambda model, **kw: calls.append(kw) or failed)
+    run_photoz._train_one(advi, None, z, None, np.random.default_rng(0))
+    assert len(calls) == 1
+
+
+def test_no_refit_reaches_the_run(monkeypatch):
+    from models.cli import main
+    from models.runs import photoz as run_photoz
+
+    seen = []
+    monkeypatch.setattr(
+        run_photoz, "run", lambda config: seen.append(config) or {"diagnostics": {"ok": True}}
+    )
+    assert main(["run", "photoz", "--quiet"]) == 0
+    assert main(["run", "photoz", "--no-refit", "--quiet"]) == 0
+    assert [c.refit for c in seen] == [True, False]
 
 
 def _spread_posterior(model, coef, noise_coef, *, spread, n_draws, seed):
