@@ -623,6 +623,12 @@ def test_a_fit_that_fails_the_check_is_fitted_again_with_more_draws(toy, monkeyp
     factor = run_photoz.REFIT_FACTOR
     assert calls == [("nuts", 300, 200), ("nuts", factor * 300, factor * 200)]
     assert idata.attrs["refitted_after"] == format_convergence(first)
+    # every factor-th draw of the longer chains, so that a divide variant's components have
+    # as many predictive draws each: here the fake refit's 1,000 draws per chain
+    kept = passed["posterior"]["coef"].values[:, ::factor]
+    np.testing.assert_array_equal(idata["posterior"]["coef"].values, kept)
+    np.testing.assert_array_equal(idata["posterior"]["draw"].values, np.arange(kept.shape[1]))
+    assert idata["sample_stats"].sizes["draw"] == kept.shape[1]
     diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
     assert diag["ok"] and diag["fits"][0]["refitted_after"] == format_convergence(first)
     report = _failed_report() | {"diagnostics": {"simple": diag, "ok": True}}
