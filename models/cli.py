@@ -237,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     pz.add_argument(
         "--no-refit",
         action="store_true",
-        help="do not fit a model again with twice the draws and tuning when its NUTS fit "
+        help="do not fit a model again with four times the draws and tuning when its NUTS fit "
         "fails the convergence check",
     )
     pz.add_argument("--quiet", action="store_true", help="no progress or report on stdout")
