@@ -515,22 +515,22 @@ def test_run_diagnostics_name_each_divide_fits_component(toy):
     assert "component" not in run_photoz._diagnostics(single)["fits"][0]
 
 
-def _chains(model, *, bad: str, seed=0, scale=3.0):
-    """Two chains of 1,000 independent draws, in which parameter ``bad`` differs in scale
+def _chains(model, *, bad: str, seed=0, scale=3.0, draws=1000):
+    """Two chains of ``draws`` independent draws, in which parameter ``bad`` differs in scale
     (``scale``; 3x gives a folded r-hat of about 1.2) between the chains and every other
     parameter mixes."""
     rng = np.random.default_rng(seed)
     dim = {"coef": "term", "noise_coef": "noise_term"}
     coords = {d: list(model.coords[d]) for d in dim.values()}
-    posterior = {v: rng.normal(size=(2, 1000, len(coords[d]))) for v, d in dim.items()}
+    posterior = {v: rng.normal(size=(2, draws, len(coords[d]))) for v, d in dim.items()}
     if "nu" in model.named_vars:
-        posterior["nu"] = rng.lognormal(size=(2, 1000))
+        posterior["nu"] = rng.lognormal(size=(2, draws))
     var, label = bad.rstrip("]").split("[")
     posterior[var][1, :, coords[dim[var]].index(label)] *= scale
     return az.from_dict(
         {
             "posterior": posterior,
-            "sample_stats": {"diverging": np.zeros((2, 1000), dtype=bool)},
+            "sample_stats": {"diverging": np.zeros((2, draws), dtype=bool)},
         },
         coords=coords,
         dims={v: [d] for v, d in dim.items()},
@@ -603,8 +603,10 @@ def test_a_fit_that_fails_the_check_is_fitted_again_with_more_draws(toy, monkeyp
 
     X, z, basis, _ = toy
     model = photoz.build_model(X, z, basis=basis)
+    factor = run_photoz.REFIT_FACTOR
     failed = _chains(model, bad="coef[basis3]")
-    passed = _chains(model, bad="coef[basis3]", scale=1.0)
+    # the refit's chains are factor x longer; every factor-th of their draws is kept
+    passed = _chains(model, bad="coef[basis3]", scale=1.0, draws=1000 * factor)
     calls = []
 
     def fake_fit(model, *, method, draws, tune, **kwargs):
@@ -620,12 +622,12 @@ def test_a_fit_that_fails_the_check_is_fitted_again_with_more_draws(toy, monkeyp
     if not refit:
         assert calls == [("nuts", 300, 200)] and "refitted_after" not in idata.attrs
         return
-    factor = run_photoz.REFIT_FACTOR
     assert calls == [("nuts", 300, 200), ("nuts", factor * 300, factor * 200)]
     assert idata.attrs["refitted_after"] == format_convergence(first)
     # every factor-th draw of the longer chains, so that a divide variant's components have
-    # as many predictive draws each: here the fake refit's 1,000 draws per chain
+    # as many predictive draws each: here 1,000 per chain
     kept = passed["posterior"]["coef"].values[:, ::factor]
+    assert kept.shape[1] == 1000
     np.testing.assert_array_equal(idata["posterior"]["coef"].values, kept)
     np.testing.assert_array_equal(idata["posterior"]["draw"].values, np.arange(kept.shape[1]))
     assert idata["sample_stats"].sizes["draw"] == kept.shape[1]
