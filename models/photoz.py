@@ -112,6 +112,7 @@ _DATA = (
 NOISE_FLOOR = 0.02
 """Floor of the noise standard deviation in ln(1 + z) (about 2 % in redshift)."""
 LIKELIHOODS = ("normal", "student_t")
+_REJECTION_ROUNDS = 4
 Z_MAX = 15.0
 """The Student-t's predictive draws keep |ln(1 + z)| <= ln(1 + Z_MAX), i.e. -0.94 < z <= 15
 (no galaxy is known beyond z ~ 14)."""
@@ -289,13 +290,30 @@ def _weighted_student_t_logp(value, mu, sigma, nu, weight):
 
 
 def _student_t_random(mu, sigma, nu, weight, rng=None, size=None):
-    # Inverse-CDF draws from the t truncated to |ln(1 + z)| <= ln(1 + Z_MAX): with a few degrees
-    # of freedom its tails reach ln(1 + z) > 700, where exp overflows, and z = -1 exactly below.
+    # Draws from the t truncated to |ln(1 + z)| <= ln(1 + Z_MAX): with a few degrees of freedom
+    # its tails reach ln(1 + z) > 700, where exp overflows, and z = -1 exactly below. Rejection
+    # (redraw what falls outside) is exact and accepts almost every draw: 0.24 ms for 2,000
+    # galaxies against 1.9 ms for inverting the t's CDF at every draw, once per posterior draw.
+    # Draws still outside after a few rounds (a mean near or beyond the edge) are drawn by
+    # inverting the CDF between the edges.
     size = np.broadcast_shapes(np.shape(mu), np.shape(sigma)) if size is None else size
+    mu, sigma, nu = (
+        np.broadcast_to(np.asarray(a, dtype=float), size).ravel() for a in (mu, sigma, nu)
+    )
     edge = np.log1p(Z_MAX)
-    lower = special.stdtr(nu, (-edge - mu) / sigma)
-    upper = special.stdtr(nu, (edge - mu) / sigma)
-    return mu + sigma * special.stdtrit(nu, lower + rng.uniform(size=size) * (upper - lower))
+    out = mu + sigma * rng.standard_t(nu)
+    outside = np.flatnonzero(np.abs(out) > edge)
+    for _ in range(_REJECTION_ROUNDS):
+        if not outside.size:
+            break
+        out[outside] = mu[outside] + sigma[outside] * rng.standard_t(nu[outside])
+        outside = outside[np.abs(out[outside]) > edge]
+    if outside.size:
+        m, s, n = mu[outside], sigma[outside], nu[outside]
+        lower, upper = special.stdtr(n, (-edge - m) / s), special.stdtr(n, (edge - m) / s)
+        u = lower + rng.uniform(size=outside.size) * (upper - lower)
+        out[outside] = np.clip(m + s * special.stdtrit(n, u), -edge, edge)
+    return out.reshape(size)
 
 
 def build_model(
@@ -674,18 +692,22 @@ def galaxy_data(
 
 
 def _sample_log1pz(model, idata, rng, *, predictions: bool) -> xr.DataTree:
-    """Posterior predictive draws of ``log1pz`` at the galaxies the model's data hold now."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Numba will use object mode")
-        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-        return pm.sample_posterior_predictive(
-            idata,
-            model=model,
-            var_names=["log1pz"],
-            predictions=predictions,
-            random_seed=np.random.default_rng(rng),
-            progressbar=False,
-        )
+    """Posterior predictive draws of ``log1pz`` at the galaxies the model's data hold now.
+
+    The draws' function is compiled for PyTensor's Python linker (``FAST_COMPILE``): the
+    likelihood's random draws are a Python function, so numba (the default) compiles the whole
+    function in object mode, anew for every call and without caching, about 2 s each; the
+    graph is a matrix product and a few element-wise operations, which numpy runs as fast.
+    """
+    return pm.sample_posterior_predictive(
+        idata,
+        model=model,
+        var_names=["log1pz"],
+        predictions=predictions,
+        random_seed=np.random.default_rng(rng),
+        progressbar=False,
+        compile_kwargs={"mode": "FAST_COMPILE"},
+    )
 
 
 def predict(

@@ -122,6 +122,27 @@ def test_student_t_loglik_against_scipy_and_its_draws(toy):
     np.testing.assert_allclose(np.quantile(draws, q), want, atol=0.1 * s_wide)
 
 
+def test_student_t_draws_past_the_edge_keep_the_truncated_quantiles(toy):
+    """A predictive mean beyond ln(1 + Z_MAX): rejection rarely accepts, the CDF is inverted."""
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis, likelihood="student_t")
+    coef = np.zeros(len(model.coords["term"]))
+    coef[0] = 4.0  # ln(1 + z) = 4, i.e. z = 54
+    posterior = _posterior(model, coef, np.array([-0.5, 0.0, 0.0]), n_draws=4000, nu=3.0)
+    draws = np.log1p(photoz.predict(model, posterior, X[:1], rng=8).values[0])
+    s = np.exp(-0.5)
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
+    top = np.log1p(photoz.Z_MAX)
+    low, high = stats.t.cdf([-top, top], 3.0, 4.0, sigma)
+    assert high < 0.05  # fewer than 1 in 20 plain t draws would be kept
+    assert np.abs(draws).max() <= top
+
+    def truncated_cdf(y):
+        return (stats.t.cdf(y, 3.0, 4.0, sigma) - low) / (high - low)
+
+    assert stats.kstest(draws, truncated_cdf).pvalue > 0.01
+
+
 def test_preconditioner_changes_no_posterior(toy):
     """Log-density differences between points equal those of the untransformed model."""
     X, z, basis, weights = toy
