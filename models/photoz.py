@@ -296,7 +296,8 @@ def _student_t_random(mu, sigma, nu, weight, rng=None, size=None):
     # galaxies against 1.9 ms for inverting the t's CDF at every draw, once per posterior draw.
     # Draws still outside after a few rounds (a mean near or beyond the edge) are drawn by
     # inverting the CDF between the edges.
-    size = np.broadcast_shapes(np.shape(mu), np.shape(sigma)) if size is None else size
+    if size is None:
+        size = np.broadcast_shapes(np.shape(mu), np.shape(sigma), np.shape(nu))
     mu, sigma, nu = (
         np.broadcast_to(np.asarray(a, dtype=float), size).ravel() for a in (mu, sigma, nu)
     )
@@ -309,10 +310,14 @@ def _student_t_random(mu, sigma, nu, weight, rng=None, size=None):
         out[outside] = mu[outside] + sigma[outside] * rng.standard_t(nu[outside])
         outside = outside[np.abs(out[outside]) > edge]
     if outside.size:
-        m, s, n = mu[outside], sigma[outside], nu[outside]
+        # By the symmetry of the t and of [-edge, edge], draw about |mu| and flip: the CDF is
+        # then evaluated in its lower tail, where it keeps its precision (beyond -edge both
+        # CDF values round to within a few ulps of 1 and the draws fall at the wrong edge).
+        sign, m = np.where(mu[outside] < 0, -1.0, 1.0), np.abs(mu[outside])
+        s, n = sigma[outside], nu[outside]
         lower, upper = special.stdtr(n, (-edge - m) / s), special.stdtr(n, (edge - m) / s)
         u = lower + rng.uniform(size=outside.size) * (upper - lower)
-        out[outside] = np.clip(m + s * special.stdtrit(n, u), -edge, edge)
+        out[outside] = sign * np.clip(m + s * special.stdtrit(n, u), -edge, edge)
     return out.reshape(size)
 
 

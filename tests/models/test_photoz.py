@@ -122,25 +122,39 @@ def test_student_t_loglik_against_scipy_and_its_draws(toy):
     np.testing.assert_allclose(np.quantile(draws, q), want, atol=0.1 * s_wide)
 
 
-def test_student_t_draws_past_the_edge_keep_the_truncated_quantiles(toy):
-    """A predictive mean beyond ln(1 + Z_MAX): rejection rarely accepts, the CDF is inverted."""
+def test_student_t_draws_past_the_edge_follow_the_truncated_t(toy):
+    """Means inside and beyond +-ln(1 + Z_MAX): rejection, then the CDF inverted, per galaxy."""
     X, z, basis, _ = toy
     model = photoz.build_model(X, z, basis=basis, likelihood="student_t")
+    top = np.log1p(photoz.Z_MAX)
+    Xs = (X[:40] - basis.feature_center) / basis.feature_scale
+    # 40 galaxies whose means run from 1.2 inside the edge to 0.8 beyond it (sd 0.38)
     coef = np.zeros(len(model.coords["term"]))
-    coef[0] = 4.0  # ln(1 + z) = 4, i.e. z = 54
-    posterior = _posterior(model, coef, np.array([-0.5, 0.0, 0.0]), n_draws=4000, nu=3.0)
-    draws = np.log1p(photoz.predict(model, posterior, X[:1], rng=8).values[0])
+    coef[1] = 2.0 / np.ptp(Xs[:, 0])
+    coef[0] = top - 1.2 - coef[1] * Xs[:, 0].min()
+    mu = coef[0] + coef[1] * Xs[:, 0]
+    posterior = _posterior(model, coef, np.array([-0.5, 0.0, 0.0]), n_draws=500, nu=3.0)
+    draws = np.log1p(photoz.predict(model, posterior, X[:40], rng=8).values)
     s = np.exp(-0.5)
     sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
-    top = np.log1p(photoz.Z_MAX)
-    low, high = stats.t.cdf([-top, top], 3.0, 4.0, sigma)
-    assert high < 0.05  # fewer than 1 in 20 plain t draws would be kept
     assert np.abs(draws).max() <= top
+    low, high = (stats.t.cdf(edge, 3.0, mu[:, None], sigma) for edge in (-top, top))
+    pit = (stats.t.cdf(draws, 3.0, mu[:, None], sigma) - low) / (high - low)
+    assert stats.kstest(pit.ravel(), "uniform").pvalue > 0.01
+    # mirrored, with a narrow t: a mean of -3.5 (z < -0.94) puts every draw near -edge, not +edge
+    coef = np.zeros(len(model.coords["term"]))
+    coef[0] = -3.5
+    posterior = _posterior(model, coef, np.array([-5.0, 0.0, 0.0]), n_draws=4000, nu=13.0)
+    draws = np.log1p(photoz.predict(model, posterior, X[:1], rng=9).values[0])
+    s = np.exp(-5.0)
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
+    assert draws.min() >= -top and draws.max() < 0
 
-    def truncated_cdf(y):
-        return (stats.t.cdf(y, 3.0, 4.0, sigma) - low) / (high - low)
+    def truncated_cdf(y):  # from the upper tail, where the t's survival function is accurate
+        sf = stats.t.sf([-top, y, top], 13.0, -3.5, sigma)
+        return (sf[0] - sf[1]) / (sf[0] - sf[2])
 
-    assert stats.kstest(draws, truncated_cdf).pvalue > 0.01
+    assert stats.kstest(draws, np.vectorize(truncated_cdf)).pvalue > 0.01
 
 
 def test_preconditioner_changes_no_posterior(toy):
