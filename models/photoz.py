@@ -113,6 +113,8 @@ NOISE_FLOOR = 0.02
 """Floor of the noise standard deviation in ln(1 + z) (about 2 % in redshift)."""
 LIKELIHOODS = ("normal", "student_t")
 _REJECTION_ROUNDS = 4
+"""Redraws of a truncated-t predictive draw that fell outside |ln(1 + z)| <= ln(1 + Z_MAX)
+before its CDF is inverted instead (a mean near or beyond the edge)."""
 Z_MAX = 15.0
 """The Student-t's predictive draws keep |ln(1 + z)| <= ln(1 + Z_MAX), i.e. -0.94 < z <= 15
 (no galaxy is known beyond z ~ 14)."""
