@@ -574,10 +574,12 @@ def training_loo(
 def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     X = train.features
-    if "simple" in variants:
+    refitted_here = None
+    if "simple" in variants:  # its diagnostics already say whether it was refitted
         model_h, idata_h = variants["simple"].fits[0]
     else:
         model_h, idata_h = _train_one(config, train, z, None, rng)
+        refitted_here = idata_h.attrs.get("refitted_after")
     # The same basis functions, so that only the noise differs; both models get the propagated
     # photometric errors (data, each through its own plug-in fit).
     basis = model_basis(model_h)
@@ -604,8 +606,8 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
         "table": table.reset_index().rename(columns={"index": "model"}).to_dict("records"),
         "loo": {"heteroscedastic": loo_summary(idata_h), "constant noise": loo_summary(idata_c)},
     }
-    if "refitted_after" in idata_h.attrs:  # fitted here (no simple variant) and refitted
-        out["heteroscedastic_refitted_after"] = str(idata_h.attrs["refitted_after"])
+    if refitted_here is not None:
+        out["heteroscedastic_refitted_after"] = str(refitted_here)
     return out
 
 

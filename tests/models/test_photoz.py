@@ -735,6 +735,39 @@ def test_no_refit_where_longer_chains_cannot_help(toy, monkeypatch):
             assert convergence(idata, photoz.parameter_names(model))["failed"] == failed
 
 
+def test_the_loo_comparison_records_a_refit_of_its_own_fit_only(toy, monkeypatch):
+    """Without a simple variant the comparison fits one itself and says if it was refitted; a
+    refitted simple variant is reported by its own diagnostics, not again here."""
+    import pandas as pd
+
+    from models.runs import photoz as run_photoz
+
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    refitted = _chains(model, bad="coef[basis3]", scale=1.0)
+    refitted.attrs["refitted_after"] = "max r-hat 1.02 (coef[basis3])"
+    trained = []
+    monkeypatch.setattr(
+        run_photoz, "_train_one", lambda *args: trained.append(args) or (model, refitted)
+    )
+    monkeypatch.setattr(run_photoz, "build_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(run_photoz, "fit", lambda *args, **kwargs: refitted)
+    monkeypatch.setattr(
+        run_photoz,
+        "compare_models",
+        lambda fits: pd.DataFrame({"elpd_loo": [0.0, -1.0]}, index=list(fits)),
+    )
+    monkeypatch.setattr(run_photoz, "loo_summary", lambda idata: {})
+    train = run_photoz.Inputs(X, None, None)
+    config = run_photoz.PhotozRunConfig(quiet=True)
+    own = run_photoz._loo_noise_models(config, train, z, {}, 1)
+    assert len(trained) == 1
+    assert own["heteroscedastic_refitted_after"] == "max r-hat 1.02 (coef[basis3])"
+    simple = {"simple": run_photoz.Variant(np.zeros((1, 1)), [(model, refitted)])}
+    reused = run_photoz._loo_noise_models(config, train, z, simple, 1)
+    assert len(trained) == 1 and "heteroscedastic_refitted_after" not in reused
+
+
 def test_no_refit_reaches_the_run(monkeypatch):
     from models.cli import main
     from models.runs import photoz as run_photoz
