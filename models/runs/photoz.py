@@ -49,6 +49,7 @@ from models.inference import compare_models, convergence, format_convergence, lo
 from models.photoz import (
     LIKELIHOODS,
     build_model,
+    coef_prior_sd,
     combine_divided,
     fit,
     loo_pit,
@@ -614,19 +615,22 @@ def _loo_noise_models(config, train, z, variants, seed) -> dict[str, Any]:
 _BASIS_WEIGHT = re.compile(r"^coef\[basis(\d+)\]$")
 
 
-def _basis_support(model, label: str | None) -> dict[str, Any] | None:
+def _basis_support(model, idata, label: str | None) -> dict[str, Any] | None:
     """How many training galaxies inform the basis weight ``label`` names (None if it is not one).
 
     Read from the model's data containers, which hold its training galaxies (``predict`` puts
     them back). The support of function ``j`` is ``sum_i phi_j(x_i)`` over those galaxies;
     ``effective`` weights each galaxy as its likelihood does (weights summing to their
     effective sample size, so it equals ``galaxies`` for an unweighted fit); ``z_spec`` is the
-    redshift of the galaxy nearest the centre. A function informed by about one galaxy has a
-    weight that, under Student-t noise, can fit that galaxy or leave it as an outlier: the
-    bimodality behind seed 8's failed check before :func:`data_tools.photoz.rbf_basis`
-    stretched such functions to ``MIN_SUPPORT`` galaxies. A stretched function can still be
-    dominated by its nearest galaxy (seed 12: 5.0 galaxies, r-hat 1.028), and a weighted fit
-    can lean on one heavily weighted galaxy (``effective`` below 2).
+    redshift of the galaxy nearest the centre; ``prior_sd`` is the weight's prior standard
+    deviation (its clipped ARD relevance, :func:`models.photoz.relevance_sd`) and
+    ``posterior_median`` its median over the fit's draws. A function informed by about one
+    galaxy has a weight that, under Student-t noise, can fit that galaxy or leave it as an
+    outlier: the bimodality behind seed 8's failed check before
+    :func:`data_tools.photoz.rbf_basis` stretched such functions to ``MIN_SUPPORT`` galaxies. A
+    stretched function can still be dominated by its nearest galaxy (seed 12: 5.0 galaxies,
+    r-hat 1.028, a posterior median 5 prior sd from zero), and a weighted fit can lean on one
+    heavily weighted galaxy (``effective`` below 2).
     """
     match = _BASIS_WEIGHT.match(label or "")
     if match is None:
@@ -641,6 +645,10 @@ def _basis_support(model, label: str | None) -> dict[str, Any] | None:
         "effective": float(model["weight"].get_value() @ phi),
         "z_spec": float(np.expm1(y)),
         "student_t": "nu" in model.named_vars,
+        "prior_sd": float(coef_prior_sd(model).sel(term=f"basis{j}")),
+        "posterior_median": float(
+            idata["posterior"]["coef"].sel(term=f"basis{j}").median(("chain", "draw"))
+        ),
     }
 
 
@@ -659,7 +667,7 @@ def _diagnostics(variant: Variant) -> dict[str, Any]:
         # the basis weight behind a failed r-hat or bulk-ESS check, if one is
         for check in ("r_hat", "ess_bulk"):
             label = diag[f"worst_{check}"] if check in diag["failed"] else None
-            support = _basis_support(model, label)
+            support = _basis_support(model, idata, label)
             if support is not None:
                 diag["basis_support"] = support
                 break
@@ -956,7 +964,10 @@ def _format_support(support: dict[str, Any]) -> str:
         f"    basis function {support['basis']} is informed by {support['galaxies']:.1f} "
         f"training galaxies"
         + (f" ({support['effective']:.1f} effective)" if weighted else "")
-        + f", the nearest at z_spec {support['z_spec']:.2f}"
+        + f", the nearest at z_spec {support['z_spec']:.2f};\n    its weight's posterior median "
+        f"{support['posterior_median']:.2f} is "
+        f"{abs(support['posterior_median']) / support['prior_sd']:.1f} prior sd "
+        f"({support['prior_sd']:.2f}) from zero"
     )
     # as few galaxies as rbf_basis leaves a function (it stretches the rest to MIN_SUPPORT),
     # or about one galaxy's weight in a weighted fit
@@ -964,7 +975,9 @@ def _format_support(support: dict[str, Any]) -> str:
     if few and support["student_t"]:
         line += (
             ":\n    under Student-t noise its weight can fit the nearest galaxy or leave it as an "
-            "outlier,\n    two modes the chains cross rarely (README, photo-z section). "
+            "outlier,\n    two modes the chains cross rarely (the further out in its prior "
+            "fitting the galaxy\n    puts the weight, the more the second weighs; README, "
+            "photo-z section). "
             "Another --seed\n    redraws the split and the k-means centres (and a simulated "
             "catalogue)."
         )

@@ -596,12 +596,24 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
     np.testing.assert_allclose(support["effective"], w @ phi, rtol=1e-12)
     np.testing.assert_allclose(support["z_spec"], z[np.argmax(phi)], rtol=1e-12)
     assert support["student_t"] is (likelihood == "student_t")
+    # the weight's prior sd, against draws from the model's prior, and its posterior median,
+    # against the chains built above
+    prior = pm.draw(model["coef"], draws=20_000, random_seed=3)[:, 1 + X.shape[1] + 3]
+    np.testing.assert_allclose(support["prior_sd"], prior.std(), rtol=0.03)
+    median = np.median(idata["posterior"]["coef"].values[..., 1 + X.shape[1] + 3])
+    np.testing.assert_allclose(support["posterior_median"], median, rtol=1e-12)
     lines = run_photoz.format_report(_failed_report(simple=diag)).splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith("  simple fit:"))
     expected = f"    basis function 3 is informed by {phi.sum():.1f} training galaxies"
     if weighted:
         expected += f" ({w @ phi:.1f} effective)"
     assert lines[i + 1].startswith(expected + ", the nearest at z_spec")
+    far = abs(median) / support["prior_sd"]
+    assert lines[i + 2] == (
+        f"    "
+        f"its weight's posterior median {median:.2f} is {far:.1f} prior sd "
+        f"({support['prior_sd']:.2f}) from zero"
+    )
     assert phi.sum() > MIN_SUPPORT + 0.5 and w @ phi > 2
     assert "leave it as an outlier" not in "\n".join(lines)
     # a function informed by about one effective galaxy (weighted fit), or stretched to the
@@ -612,6 +624,25 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
         text = run_photoz.format_report(_failed_report(simple={"fits": [lonely], "ok": False}))
         assert ("leave it as an outlier," in text) is (likelihood == "student_t")
         assert ("redraws the split and the k-means centres" in text) is (likelihood == "student_t")
+
+
+def test_coef_prior_sd_is_the_models_prior(toy):
+    """The relevances and scales it reports, against draws from the model's prior."""
+    X, z, basis, weights = toy
+    model = photoz.build_model(X, z, basis=basis, weights=weights)
+    sd = photoz.coef_prior_sd(model)
+    assert list(sd["term"].values) == list(model.coords["term"])
+    draws = pm.draw(model["coef"], draws=20_000, random_seed=4)
+    np.testing.assert_allclose(sd.values, draws.std(axis=0), rtol=0.03)
+    # intercept and features: the weighted spread of ln(1 + z) (weights rescaled to their ESS)
+    y, w = np.log1p(z), weights * weights.sum() / (weights**2).sum()
+    s_y = np.sqrt(np.average((y - np.average(y, weights=w)) ** 2, weights=w))
+    np.testing.assert_allclose(sd.values[: 1 + X.shape[1]], s_y, rtol=1e-12)
+    assert (sd.values[1 + X.shape[1] :] <= s_y * (1 + 1e-12)).all()
+    with pm.Model() as other:
+        pm.Normal("a")
+    with pytest.raises(ValueError, match="build_model"):
+        photoz.coef_prior_sd(other)
 
 
 def test_no_basis_support_when_no_basis_weight_fails(toy):
@@ -627,8 +658,8 @@ def test_no_basis_support_when_no_basis_weight_fails(toy):
     # the smallest bulk ESS belongs to a basis weight, but it passes the check
     assert fit["worst_ess_bulk"].startswith("coef[basis") and fit["min_ess_bulk"] >= 400
     assert "basis_support" not in fit
-    assert run_photoz._basis_support(model, "noise_coef[x0]") is None
-    assert run_photoz._basis_support(model, None) is None
+    assert run_photoz._basis_support(model, idata, "noise_coef[x0]") is None
+    assert run_photoz._basis_support(model, idata, None) is None
 
 
 def _fake_fits(monkeypatch, run_photoz, model, results):
