@@ -663,11 +663,12 @@ def test_no_basis_support_when_no_basis_weight_fails(toy):
 
 
 def _fake_fits(monkeypatch, run_photoz, model, results):
-    """Make the run's ``fit`` return ``results`` in turn, recording (method, draws, tune, rng)."""
+    """Make the run's ``fit`` return ``results`` in turn, recording (method, draws, tune, rng,
+    whether it was asked for the log-likelihood)."""
     calls = []
 
     def fake_fit(model, *, method, draws, tune, rng, **kwargs):
-        calls.append((method, draws, tune, rng))
+        calls.append((method, draws, tune, rng, kwargs.get("log_likelihood", True)))
         return results[len(calls) - 1].copy()
 
     monkeypatch.setattr(run_photoz, "fit", fake_fit)
@@ -706,6 +707,15 @@ def test_a_fit_that_fails_on_mixing_is_fitted_again_with_more_draws(toy, monkeyp
     np.testing.assert_array_equal(idata["posterior"]["coef"].values, kept)
     np.testing.assert_array_equal(idata["posterior"]["draw"].values, np.arange(1000))
     assert idata["sample_stats"].sizes["draw"] == 1000
+    # the refit's pointwise log-likelihood is computed after thinning, for the kept draws only
+    assert calls[0][4] is True and calls[1][4] is False
+    loglik = idata["log_likelihood"]["log1pz"].values
+    assert loglik.shape == (2, 1000, z.size)
+    terms = np.column_stack([np.ones(z.size), basis.scale(X), basis.design(X)])
+    s = np.exp(terms[:, :3] @ passed["posterior"]["noise_coef"].values[1, 7 * factor])
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
+    ref = stats.norm.logpdf(np.log1p(z), terms @ kept[1, 7], sigma)
+    np.testing.assert_allclose(loglik[1, 7], ref, rtol=1e-9)
     diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
     assert diag["ok"] and diag["fits"][0]["refitted_after"] == format_convergence(first)
     report = _failed_report() | {"diagnostics": {"simple": diag, "ok": True}}
