@@ -84,6 +84,7 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 from pymc.logprob.transforms import Transform
+from pytensor.tensor.random.basic import NormalRV
 from scipy import special
 
 from data_tools.checks import as_finite_array, as_int
@@ -550,9 +551,9 @@ def coef_prior_sd(model: pm.Model) -> xr.DataArray:
     ``s_y`` for the intercept and the features, the clipped ARD relevances
     (:func:`relevance_sd`) for the basis functions.
     """
-    if "coef" not in model.named_vars or "term" not in model.coords:
-        raise ValueError("model has no 'coef' with dims 'term'; build it with build_model.")
-    node = model["coef"].owner
+    node = model["coef"].owner if "coef" in model.named_vars else None
+    if node is None or not isinstance(node.op, NormalRV) or "term" not in model.coords:
+        raise ValueError("model has no normal 'coef' with dims 'term'; build it with build_model.")
     sd = np.broadcast_to(node.op.dist_params(node)[1].eval(), (len(model.coords["term"]),))
     return xr.DataArray(sd, coords={"term": list(model.coords["term"])}, dims="term")
 
@@ -579,9 +580,9 @@ def fit(
 ) -> xr.DataTree:
     """Fit with NUTS or with mean-field ADVI (``pm.fit``) for large training sets.
 
-    Returns the posterior with the pointwise log-likelihood (``log_likelihood``, unless
-    ``log_likelihood=False``: a caller that thins the draws adds it afterwards with
-    ``pm.compute_log_likelihood``) either way; NUTS adds ``sample_stats``. NUTS's mass
+    Returns the posterior with the pointwise log-likelihood (``log_likelihood``) for either
+    method, unless ``log_likelihood=False`` (a caller that thins the draws adds it afterwards
+    with ``pm.compute_log_likelihood``); NUTS adds ``sample_stats``. NUTS's mass
     matrix is adapted with nutpie's ``"low_rank"`` method by default (``adaptation=None``
     for a diagonal one): the posterior correlates the mean's colour slopes with the noise's,
     which the fixed preconditioner (one block per coefficient vector) leaves in place. On a

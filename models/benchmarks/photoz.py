@@ -11,8 +11,8 @@ basis functions, against the scikit-learn baseline, in one run.
    ``run photoz``, or ``--likelihood normal``); the fit (:func:`models.photoz.fit`) with NUTS
    (its default low-rank mass matrix), 2 chains of 1000 tuning and 1000 kept draws, and with ADVI
    (its default steps and convergence check, then 2000 draws), each with compilation and the
-   pointwise log-likelihood that :func:`~models.photoz.fit` always adds included; and the prediction
-   (:func:`models.photoz.predict`, compilation included, then
+   pointwise log-likelihood that :func:`~models.photoz.fit` adds by default included; and the
+   prediction (:func:`models.photoz.predict`, compilation included, then
    :func:`models.photoz.prediction_summary`), 2000 predictive draws per test galaxy. Basis and model
    are built once and shared by both fits; each method's training total is basis + build + its fit.
    The model is built without ``feature_errors`` (``run photoz`` passes them by default): they add

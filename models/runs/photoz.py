@@ -292,7 +292,7 @@ def _train_one(config, inputs, z, weights, rng):
 
     def attempt(factor: int, stream) -> xr.DataTree:
         # a refit's log-likelihood is computed for the kept draws only (a quarter of the
-        # array: 2 x 8,000 draws of 1,500 galaxies would take 190 MB)
+        # array: 2 x 8,000 draws of 1,531 galaxies take 196 MB)
         return fit(
             model,
             method=method,
@@ -637,7 +637,7 @@ def _basis_support(model, idata, label: str | None) -> dict[str, Any] | None:
     outlier: the bimodality behind seed 8's failed check before
     :func:`data_tools.photoz.rbf_basis` stretched such functions to ``MIN_SUPPORT`` galaxies. A
     stretched function can still be dominated by its nearest galaxy (seed 12: 5.0 galaxies,
-    r-hat 1.028, a posterior median 5 prior sd from zero), and a weighted fit can lean on one
+    r-hat 1.015, a posterior median 5 prior sd from zero), and a weighted fit can lean on one
     heavily weighted galaxy (``effective`` below 2).
     """
     match = _BASIS_WEIGHT.match(label or "")

@@ -641,8 +641,11 @@ def test_coef_prior_sd_is_the_models_prior(toy):
     assert (sd.values[1 + X.shape[1] :] <= s_y * (1 + 1e-12)).all()
     with pm.Model() as other:
         pm.Normal("a")
-    with pytest.raises(ValueError, match="build_model"):
-        photoz.coef_prior_sd(other)
+    with pm.Model(coords={"term": ["a", "b"]}) as not_normal:
+        pm.StudentT("coef", nu=3, sigma=2.0, dims="term")
+    for bad in (other, not_normal):
+        with pytest.raises(ValueError, match="build_model"):
+            photoz.coef_prior_sd(bad)
 
 
 def test_no_basis_support_when_no_basis_weight_fails(toy):
