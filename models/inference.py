@@ -28,6 +28,7 @@ __all__ = [
     "sample_compiled",
     "sample_posterior",
     "summary_table",
+    "thin_draws",
 ]
 
 
@@ -45,6 +46,7 @@ def sample_posterior(
     log_likelihood: bool = True,
     cores: int | None = None,
     target_accept: float | None = None,
+    thin: int = 1,
 ) -> xr.DataTree:
     """Sample with NUTS and add the pointwise log-likelihood and posterior predictive.
 
@@ -75,6 +77,9 @@ def sample_posterior(
     target_accept
         Target acceptance rate of the step-size adaptation (default: the sampler's, 0.8);
         higher means smaller steps, for posteriors with narrow ridges.
+    thin
+        Sample ``thin * draws`` draws per chain and keep every ``thin``-th
+        (:func:`thin_draws`), before the log-likelihood and the predictive are computed.
 
     Returns
     -------
@@ -85,6 +90,7 @@ def sample_posterior(
     draws = as_int("draws", draws)
     chains = as_int("chains", chains)
     tune = as_int("tune", tune, minimum=0)
+    thin = as_int("thin", thin)
     seeds = np.random.default_rng(rng).integers(0, 2**31 - 1, size=2)
     if cores is None:
         cores = max(1, min(chains, os.cpu_count() or 1))
@@ -96,7 +102,7 @@ def sample_posterior(
         warnings.filterwarnings("ignore", message="Cannot cache compiled function")
         idata = _sample(
             model,
-            draws,
+            thin * draws,
             tune,
             chains,
             cores,
@@ -106,6 +112,8 @@ def sample_posterior(
             adaptation,
             target_accept,
         )
+        if thin > 1:
+            idata = thin_draws(idata, thin)
         if log_likelihood:
             pm.compute_log_likelihood(idata, model=model, progressbar=False)
 
@@ -123,6 +131,27 @@ def sample_posterior(
                 progressbar=False,
             )
     return idata
+
+
+def thin_draws(idata: xr.DataTree, step: int) -> xr.DataTree:
+    """Every ``step``-th draw of each chain, renumbered from 0, in every group with draws.
+
+    A kept draw is marked divergent if any of the ``step`` draws it stands for was, so a
+    convergence check still sees every divergent stretch of the chains.
+    """
+    step = as_int("step", step)
+    diverging = None
+    if "sample_stats" in idata.children and "diverging" in idata["sample_stats"]:
+        flags = idata["sample_stats"]["diverging"]
+        diverging = flags.coarsen(draw=step, boundary="pad").max().values.astype(bool)
+    thinned = idata.isel(draw=slice(None, None, step), missing_dims="ignore").map_over_datasets(
+        lambda ds: ds.assign_coords(draw=np.arange(ds.sizes["draw"])) if "draw" in ds.dims else ds
+    )
+    if diverging is not None:
+        stats = thinned["sample_stats"].to_dataset()
+        stats["diverging"] = (("chain", "draw"), diverging)
+        thinned["sample_stats"] = xr.DataTree(stats)
+    return thinned
 
 
 def sample_compiled(

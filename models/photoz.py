@@ -576,13 +576,14 @@ def fit(
     cores: int | None = None,
     target_accept: float | None = None,
     adaptation: str | None = "low_rank",
-    log_likelihood: bool = True,
+    thin: int = 1,
 ) -> xr.DataTree:
     """Fit with NUTS or with mean-field ADVI (``pm.fit``) for large training sets.
 
-    Returns the posterior with the pointwise log-likelihood (``log_likelihood``) for either
-    method, unless ``log_likelihood=False`` (a caller that thins the draws adds it afterwards
-    with ``pm.compute_log_likelihood``); NUTS adds ``sample_stats``. NUTS's mass
+    Returns the posterior with the pointwise log-likelihood (``log_likelihood``) either way;
+    NUTS adds ``sample_stats``. NUTS keeps every ``thin``-th of ``thin * draws`` draws per
+    chain (:func:`models.inference.thin_draws`, before the log-likelihood is computed); ADVI's
+    draws are independent and take only ``thin=1``. NUTS's mass
     matrix is adapted with nutpie's ``"low_rank"`` method by default (``adaptation=None``
     for a diagonal one): the posterior correlates the mean's colour slopes with the noise's,
     which the fixed preconditioner (one block per coefficient vector) leaves in place. On a
@@ -614,10 +615,12 @@ def fit(
             cores=cores,
             target_accept=target_accept,
             adaptation=adaptation,
-            log_likelihood=log_likelihood,
+            thin=thin,
         )
     if method != "advi":
         raise ValueError(f"method must be 'nuts' or 'advi', got {method!r}.")
+    if thin != 1:
+        raise ValueError(f"thin={thin} applies to NUTS only; ADVI's draws are independent.")
     vi_steps = as_int("vi_steps", vi_steps)
     seeds = rng.integers(0, 2**31 - 1, size=2)
     with model, warnings.catch_warnings():
@@ -639,8 +642,7 @@ def fit(
             ],
         )
         idata = approx.sample(draws * chains, random_seed=int(seeds[1]))
-        if log_likelihood:
-            pm.compute_log_likelihood(idata, model=model, progressbar=False)
+        pm.compute_log_likelihood(idata, model=model, progressbar=False)
     idata.attrs["advi_loss"] = np.asarray(approx.hist, dtype=float)
     return idata
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -26,7 +25,6 @@ from typing import Any, NamedTuple
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import pymc as pm
 import xarray as xr
 from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -291,17 +289,18 @@ def _train_one(config, inputs, z, weights, rng):
     method = _method(config, z.size)
 
     def attempt(factor: int, stream) -> xr.DataTree:
-        # a refit's log-likelihood is computed for the kept draws only (a quarter of the
-        # array: 2 x 8,000 draws of 1,531 galaxies take 196 MB)
+        # factor x the draws, every factor-th kept: as many draws as the run's other fits (a
+        # divide variant mixes its components' draws one for one), less correlated, which is
+        # what a fit that failed on mixing needs; the log-likelihood is of the kept draws only
         return fit(
             model,
             method=method,
-            draws=factor * config.draws,
+            draws=config.draws,
             tune=factor * config.tune,
             chains=config.chains,
             rng=stream,
             progressbar=not config.quiet,
-            log_likelihood=factor == 1,
+            thin=factor,
         )
 
     idata = attempt(1, rng)
@@ -319,34 +318,9 @@ def _train_one(config, inputs, z, weights, rng):
             f"and tuning",
             flush=True,
         )
-    idata = _thin(attempt(REFIT_FACTOR, rng.spawn(1)[0]), REFIT_FACTOR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Cannot cache compiled function")
-        pm.compute_log_likelihood(idata, model=model, progressbar=False)
+    idata = attempt(REFIT_FACTOR, rng.spawn(1)[0])
     idata.attrs["refitted_after"] = format_convergence(first)
     return model, idata
-
-
-def _thin(idata: xr.DataTree, step: int) -> xr.DataTree:
-    """Every ``step``-th draw, so that a refit has as many draws as the run's other fits.
-
-    A divide variant mixes its components' predictive draws one for one. From the longer
-    chains these draws are less correlated, which is what a fit that failed on mixing needs.
-    A kept draw is marked divergent if any of the ``step`` draws it stands for was, so the
-    check still sees every divergent stretch of the chains.
-    """
-    diverging = None
-    if "sample_stats" in idata.children and "diverging" in idata["sample_stats"]:
-        flags = idata["sample_stats"]["diverging"]
-        diverging = flags.coarsen(draw=step, boundary="pad").max().values.astype(bool)
-    thinned = idata.isel(draw=slice(None, None, step), missing_dims="ignore").map_over_datasets(
-        lambda ds: ds.assign_coords(draw=np.arange(ds.sizes["draw"])) if "draw" in ds.dims else ds
-    )
-    if diverging is not None:
-        stats = thinned["sample_stats"].to_dataset()
-        stats["diverging"] = (("chain", "draw"), diverging)
-        thinned["sample_stats"] = xr.DataTree(stats)
-    return thinned
 
 
 def _predict(model, idata, galaxies: Inputs, rng) -> np.ndarray:

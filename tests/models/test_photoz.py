@@ -13,7 +13,7 @@ from scipy import stats
 
 from data_tools.photoz import MIN_SUPPORT, pit_coverage, rbf_basis
 from models import photoz
-from models.inference import convergence, format_convergence
+from models.inference import convergence, format_convergence, thin_draws
 
 
 def _toy(n=120, d=2, seed=0):
@@ -666,13 +666,13 @@ def test_no_basis_support_when_no_basis_weight_fails(toy):
 
 
 def _fake_fits(monkeypatch, run_photoz, model, results):
-    """Make the run's ``fit`` return ``results`` in turn, recording (method, draws, tune, rng,
-    whether it was asked for the log-likelihood)."""
+    """Make the run's ``fit`` return ``results`` in turn, thinned as ``fit`` thins them
+    (``thin_draws``), recording (method, draws, tune, rng, thin)."""
     calls = []
 
-    def fake_fit(model, *, method, draws, tune, rng, **kwargs):
-        calls.append((method, draws, tune, rng, kwargs.get("log_likelihood", True)))
-        return results[len(calls) - 1].copy()
+    def fake_fit(model, *, method, draws, tune, rng, thin=1, **kwargs):
+        calls.append((method, draws, tune, rng, thin))
+        return thin_draws(results[len(calls) - 1].copy(), thin)
 
     monkeypatch.setattr(run_photoz, "fit", fake_fit)
     monkeypatch.setattr(run_photoz, "_build", lambda *args: model)
@@ -700,7 +700,8 @@ def test_a_fit_that_fails_on_mixing_is_fitted_again_with_more_draws(toy, monkeyp
         assert [c[:3] for c in calls] == [("nuts", 300, 200)]
         assert "refitted_after" not in idata.attrs
         return
-    assert [c[:3] for c in calls] == [("nuts", 300, 200), ("nuts", factor * 300, factor * 200)]
+    # the refit: factor x the draws (every factor-th kept, so 300 kept) and factor x the tuning
+    assert [c[:3] + c[4:] for c in calls] == [("nuts", 300, 200, 1), ("nuts", 300, 800, factor)]
     # the refit draws from a child stream: the run's own generator is where it would be
     assert calls[0][3] is rng and calls[1][3] is not rng
     assert rng.random() == np.random.default_rng(0).random()
@@ -710,15 +711,6 @@ def test_a_fit_that_fails_on_mixing_is_fitted_again_with_more_draws(toy, monkeyp
     np.testing.assert_array_equal(idata["posterior"]["coef"].values, kept)
     np.testing.assert_array_equal(idata["posterior"]["draw"].values, np.arange(1000))
     assert idata["sample_stats"].sizes["draw"] == 1000
-    # the refit's pointwise log-likelihood is computed after thinning, for the kept draws only
-    assert calls[0][4] is True and calls[1][4] is False
-    loglik = idata["log_likelihood"]["log1pz"].values
-    assert loglik.shape == (2, 1000, z.size)
-    terms = np.column_stack([np.ones(z.size), basis.scale(X), basis.design(X)])
-    s = np.exp(terms[:, :3] @ passed["posterior"]["noise_coef"].values[1, 7 * factor])
-    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
-    ref = stats.norm.logpdf(np.log1p(z), terms @ kept[1, 7], sigma)
-    np.testing.assert_allclose(loglik[1, 7], ref, rtol=1e-9)
     diag = run_photoz._diagnostics(run_photoz.Variant(np.zeros((1, 1)), [(model, idata)]))
     assert diag["ok"] and diag["fits"][0]["refitted_after"] == format_convergence(first)
     report = _failed_report() | {"diagnostics": {"simple": diag, "ok": True}}
@@ -753,6 +745,48 @@ def test_a_refit_that_still_fails_is_reported_and_keeps_its_divergences(toy, mon
         f"{format_convergence(convergence(failed, photoz.parameter_names(model)))}"
     )
     assert lines[i + 1] == f"  simple fit: {format_convergence(fit)}"
+
+
+def test_fit_thins_the_draws_before_the_log_likelihood(toy, monkeypatch):
+    """``fit(thin=k)`` samples k x the draws and keeps every k-th, divergences folded in, and
+    computes the pointwise log-likelihood of the kept draws only."""
+    from models import inference
+
+    X, z, basis, _ = toy
+    model = photoz.build_model(X, z, basis=basis)
+    sampled, loglik_draws = [], []
+    long_chains = _chains(model, bad="coef[basis3]", scale=1.0, draws=1000)
+    long_chains["sample_stats"]["diverging"][1, 5] = True  # stands for kept draw (1, 1)
+
+    def fake_sample(model, draws, *args):
+        sampled.append(draws)
+        return long_chains.copy()
+
+    compute = pm.compute_log_likelihood
+
+    def recording(idata, **kwargs):
+        loglik_draws.append(idata["posterior"].sizes["draw"])
+        return compute(idata, **kwargs)
+
+    monkeypatch.setattr(inference, "_sample", fake_sample)
+    monkeypatch.setattr(pm, "compute_log_likelihood", recording)
+    idata = photoz.fit(model, draws=250, tune=10, thin=4, rng=0)
+    assert sampled == [1000] and loglik_draws == [250]
+    kept = long_chains["posterior"]["coef"].values[:, ::4]
+    np.testing.assert_array_equal(idata["posterior"]["coef"].values, kept)
+    np.testing.assert_array_equal(idata["posterior"]["draw"].values, np.arange(250))
+    diverging = idata["sample_stats"]["diverging"].values
+    assert diverging.sum() == 1 and diverging[1, 1]
+    # the log-likelihood of kept draw (1, 7) against scipy, from the long chain's draw (1, 28)
+    loglik = idata["log_likelihood"]["log1pz"].values
+    assert loglik.shape == (2, 250, z.size)
+    terms = np.column_stack([np.ones(z.size), basis.scale(X), basis.design(X)])
+    s = np.exp(terms[:, :3] @ long_chains["posterior"]["noise_coef"].values[1, 28])
+    sigma = np.sqrt(photoz.NOISE_FLOOR**2 + (s / (1 + s)) ** 2)
+    ref = stats.norm.logpdf(np.log1p(z), terms @ kept[1, 7], sigma)
+    np.testing.assert_allclose(loglik[1, 7], ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="thin=2 applies to NUTS only"):
+        photoz.fit(model, method="advi", thin=2)
 
 
 def test_no_refit_where_longer_chains_cannot_help(toy, monkeypatch):
