@@ -700,7 +700,8 @@ def test_a_fit_that_fails_on_mixing_is_fitted_again_with_more_draws(toy, monkeyp
         assert [c[:3] for c in calls] == [("nuts", 300, 200)]
         assert "refitted_after" not in idata.attrs
         return
-    # the refit: factor x the draws (every factor-th kept, so 300 kept) and factor x the tuning
+    # the refit asks for 300 kept draws out of factor x 300 (thin=factor) and factor x the
+    # tuning; the fake's longer chains stand in for what the sampler returns
     assert [c[:3] + c[4:] for c in calls] == [("nuts", 300, 200, 1), ("nuts", 300, 800, factor)]
     # the refit draws from a child stream: the run's own generator is where it would be
     assert calls[0][3] is rng and calls[1][3] is not rng
