@@ -44,6 +44,11 @@ galaxy is ``w = (p_pop(x) + eta) / (p_train(x) + eta)``, capped at ``max_weight`
 renormalised (Hatfield et al. 2020; the original tool's formula). A galaxy belongs to component
 ``k`` if the population mixture's responsibility is strictly above ``threshold``.
 
+For a simulated catalogue the true weights are known: :func:`selection_weights` gives each
+training galaxy ``mean(P) / P_i``, with ``P`` the spectroscopic selection probability above
+(:func:`selection_probability`), which depends on the redshift as well as the photometry. It is
+the reference against which the mixtures' estimate can be judged, not a method for real data.
+
 Metrics (:func:`point_metrics`, :func:`interval_metrics`)
 ----------------------------------------------------------
 ``dz = (z_phot - z_spec) / (1 + z_spec)``; ``sigma_NMAD = 1.4826 median(|dz - median(dz)|)``;
@@ -94,6 +99,8 @@ __all__ = [
     "point_metrics",
     "rbf_basis",
     "read_catalog",
+    "selection_probability",
+    "selection_weights",
     "simulate_galaxy_catalog",
 ]
 
@@ -382,6 +389,33 @@ def _spec_probability(lupt: Mapping[str, np.ndarray], z: np.ndarray) -> np.ndarr
     infrared = 0.06 * expit((25.5 - lupt["F160W"]) / 0.25)
     success = 1 - 0.5 * np.exp(-(((z - 2.0) / 0.5) ** 2))
     return np.clip(optical + infrared, 0, 1) * success
+
+
+def selection_probability(catalog: pd.DataFrame) -> np.ndarray:
+    """Return each galaxy's probability of a spectrum in the simulated survey.
+
+    The module docstring's formula (Spectroscopy), from the observed F814W and F160W
+    luptitudes and the true redshift: known only for a simulated catalogue.
+
+    Raises
+    ------
+    ValueError
+        The catalogue lacks ``lupt_F814W``, ``lupt_F160W`` or ``z_true`` (a real catalogue has
+        no known selection: weight it with :func:`gmm_weights`), or they are not finite.
+    """
+    needed = ["lupt_F814W", "lupt_F160W", "z_true"]
+    missing = [c for c in needed if c not in catalog.columns]
+    if missing:
+        raise ValueError(
+            f"catalog lacks column(s) {missing}: the selection probability is known only for a "
+            f"catalogue from simulate_galaxy_catalog; estimate weights with gmm_weights instead."
+        )
+    lupt = {
+        b: as_finite_array(f"catalog['lupt_{b}']", catalog[f"lupt_{b}"], ndim=1)
+        for b in ("F814W", "F160W")
+    }
+    z = as_finite_array("catalog['z_true']", catalog["z_true"], ndim=1, nonnegative=True)
+    return _spec_probability(lupt, z)
 
 
 def simulate_galaxy_catalog(n_galaxies: int, *, rng: Any = None) -> pd.DataFrame:
@@ -690,6 +724,54 @@ def gmm_weights(
         n_capped=int((raw > max_weight).sum()),
         divergence_unweighted=feature_divergence(X_pop, X_train),
         divergence_weighted=feature_divergence(X_pop, X_train, weights=w),
+    )
+
+
+def selection_weights(
+    catalog: pd.DataFrame, train: Any, X: Any, *, max_weight: float = 100.0
+) -> Weights:
+    """Weight a simulated catalogue's training set by its true population-to-training ratio.
+
+    A galaxy with photometry ``x`` and redshift ``z`` has a spectrum with probability
+    ``P(x, z)`` (:func:`selection_probability`), so the training set's density is the
+    population's times ``P / mean(P)`` and the weight that undoes the selection is
+    ``mean(P) / P_i``, the mean over the catalogue. Unlike :func:`gmm_weights` it corrects the
+    selection on redshift too (the redshift desert), which no function of the photometry can.
+    Capped at ``max_weight`` as the mixtures' weights are.
+
+    Parameters
+    ----------
+    catalog
+        From :func:`simulate_galaxy_catalog`: the population.
+    train
+        Row positions of the training galaxies in ``catalog``.
+    X
+        Features of every galaxy in ``catalog`` (e.g. :func:`gmm_features`), for the
+        divergence diagnostic only.
+    max_weight
+        Cap on the weights, ``> 0``.
+    """
+    if not np.isfinite(max_weight) or max_weight <= 0:
+        raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
+    p = selection_probability(catalog)
+    rows = np.asarray(train)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or rows.size == 0:
+        raise TypeError("train must be a non-empty 1-d array of integer row positions.")
+    if rows.min() < 0 or rows.max() >= len(catalog):
+        raise ValueError(f"train has row positions outside 0..{len(catalog) - 1}.")
+    X = as_finite_array("X", X, ndim=2)
+    if X.shape[0] != len(catalog):
+        raise ValueError(
+            f"X has {X.shape[0]} rows, expected one per catalogue galaxy ({len(catalog)})."
+        )
+    raw = p.mean() / p[rows]
+    w = np.minimum(raw, max_weight)
+    return Weights(
+        values=w,
+        ess=float(w.sum() ** 2 / (w**2).sum()),
+        n_capped=int((raw > max_weight).sum()),
+        divergence_unweighted=feature_divergence(X, X[rows]),
+        divergence_weighted=feature_divergence(X, X[rows], weights=w),
     )
 
 

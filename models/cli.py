@@ -76,6 +76,9 @@ def _option(text: str) -> tuple[str, object]:
 PHOTOZ_LIKELIHOODS = ("student_t", "normal")
 """``models.photoz.LIKELIHOODS``, default first, spelled out so parsing does not import PyMC."""
 
+PHOTOZ_WEIGHTINGS = ("mixture", "selection")
+"""``models.runs.photoz.WEIGHTINGS``, default first, spelled out for the same reason."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -196,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         help="divide membership threshold (0.2, as the guide)",
     )
     pz.add_argument("--max-weight", type=float, default=100.0, help="cap on the weights (100)")
+    pz.add_argument(
+        "--weights",
+        choices=PHOTOZ_WEIGHTINGS,
+        default=PHOTOZ_WEIGHTINGS[0],
+        help="the weighted variants' weights: the mixtures' density ratio (default), or, for a "
+        "simulated catalogue, the survey's true selection (a reference for the mixtures' estimate)",
+    )
     pz.add_argument(
         "--photometric-errors",
         choices=("propagate", "noise-inputs", "ignore"),

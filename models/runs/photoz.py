@@ -42,6 +42,7 @@ from data_tools.photoz import (
     pit_coverage,
     rbf_basis,
     read_catalog,
+    selection_weights,
     simulate_galaxy_catalog,
 )
 from models import plots
@@ -65,6 +66,10 @@ __all__ = ["MODES", "PhotozRunConfig", "run"]
 MODES = ("simple", "weighted", "divide", "divide-weighted")
 MAGNITUDE_EDGES = (-np.inf, 24.0, 25.5, 26.5, np.inf)
 REDSHIFT_EDGES = (0.0, 0.5, 1.0, 1.5, 2.5, 4.0, np.inf)
+WEIGHTINGS = ("mixture", "selection")
+"""Where the weighted variants' weights come from: the mixtures' density ratio (the method), or
+for a simulated catalogue the survey's true selection probability (the reference that tells the
+mixtures' estimation error from what weighting itself does)."""
 PHOTOMETRIC_ERRORS = ("propagate", "noise-inputs", "ignore")
 """How the luptitude errors enter the regression: propagated through the mean to the noise
 (GPz's input-noise term), as extra inputs of the log-noise (GPz++), or not at all."""
@@ -89,6 +94,10 @@ class PhotozRunConfig:
     modes: tuple[str, ...] = MODES
     threshold: float = 0.2
     max_weight: float = 100.0
+    weights: str = "mixture"
+    """``WEIGHTINGS``: ``"selection"`` (simulated catalogues only) replaces the mixtures'
+    density ratios by the true ones, :func:`data_tools.photoz.selection_weights`; the divide
+    variants' memberships still come from the population mixture."""
     basis: int = 100
     method: str = "auto"
     draws: int = 2000
@@ -124,6 +133,14 @@ class PhotozRunConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}.")
         if not (np.isfinite(self.max_weight) and self.max_weight > 0):
             raise ValueError(f"max_weight must be > 0, got {self.max_weight}.")
+        if self.weights not in WEIGHTINGS:
+            raise ValueError(f"weights must be one of {WEIGHTINGS}, got {self.weights!r}.")
+        if self.weights == "selection" and self.data is not None:
+            raise ValueError(
+                "weights='selection' needs the simulated survey's selection probability, which "
+                "a catalogue read from a file does not have; use weights='mixture' with data, or "
+                "simulate the catalogue."
+            )
         if self.method not in ("auto", "nuts", "advi"):
             raise ValueError(f"method must be 'auto', 'nuts' or 'advi', got {self.method!r}.")
         if not (
@@ -408,7 +425,10 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
         mixtures = fit_mixtures(
             feats, feats[split.train], n_components=config.components, rng=seeds[1]
         )
-        weights = gmm_weights(mixtures, feats, feats[split.train], max_weight=config.max_weight)
+        if config.weights == "selection":
+            weights = selection_weights(cat, split.train, feats, max_weight=config.max_weight)
+        else:
+            weights = gmm_weights(mixtures, feats, feats[split.train], max_weight=config.max_weight)
         division = gmm_divide(mixtures, feats[split.train], threshold=config.threshold)
         test_resp = mixtures.responsibilities(feats[split.test])
 
@@ -677,6 +697,7 @@ def _report(config, split, mixtures, weights, division, variants, table, compari
         "mixtures": {
             "components": mixtures.n_components,
             "bic": mixtures.bic,
+            "weights": config.weights,
             "weights_ess": weights.ess,
             "weights_capped": weights.n_capped,
             "divergence_unweighted": weights.divergence_unweighted.tolist(),
@@ -882,7 +903,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['catalogue']['training']} training, {report['catalogue']['test']} test "
         f"({report['catalogue']['test_set']})",
         f"mixtures: {report['mixtures']['components']} components; weights ESS "
-        f"{report['mixtures']['weights_ess']:.0f}, {report['mixtures']['weights_capped']} capped",
+        f"{report['mixtures']['weights_ess']:.0f}, {report['mixtures']['weights_capped']} capped"
+        + (
+            " (the simulated survey's true selection, not the mixtures')"
+            if report["mixtures"].get("weights") == "selection"
+            else ""
+        ),
         "",
         f"{'variant':<16} {'sigma_NMAD':>10} {'bias':>8} {'outliers':>9} {'cov68':>6} {'cov95':>6}",
     ]

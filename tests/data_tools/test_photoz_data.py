@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import integrate, stats
+from scipy.special import expit
 
 from data_tools import photoz as pz
 
@@ -191,6 +192,71 @@ def test_weighting_brings_training_features_closer_to_the_population(features, m
     assert w.divergence_weighted.sum() < 0.6 * w.divergence_unweighted.sum()
     # the faint end is up-weighted: weighted mean F160W moves toward the population's
     assert np.average(X_train[:, 2], weights=w.values) > X_train[:, 2].mean() + 0.3
+
+
+def _selection_by_hand(catalog):
+    """The module docstring's spectroscopic selection, written out from its formula."""
+    m814, m160 = catalog["lupt_F814W"].to_numpy(), catalog["lupt_F160W"].to_numpy()
+    z = catalog["z_true"].to_numpy()
+    magnitude = 0.85 * expit((24 - m814) / 0.25) + 0.06 * expit((25.5 - m160) / 0.25)
+    return np.clip(magnitude, 0, 1) * (1 - 0.5 * np.exp(-(((z - 2) / 0.5) ** 2)))
+
+
+def test_selection_probability_is_the_simulators(catalog):
+    p = pz.selection_probability(catalog)
+    np.testing.assert_allclose(p, _selection_by_hand(catalog), rtol=1e-12)
+    # the simulator drew its spectra with it: the share with z_spec in eight bins of p is the
+    # bins' mean p, within four binomial standard deviations
+    spec = np.isfinite(catalog["z_spec"].to_numpy())
+    bins = np.array_split(np.argsort(p), 8)
+    for rows in bins:
+        expected = p[rows].mean()
+        sd = np.sqrt((p[rows] * (1 - p[rows])).sum()) / rows.size
+        assert abs(spec[rows].mean() - expected) < 4 * sd + 1e-3
+
+
+def test_selection_weights_undo_the_selection(catalog, features):
+    X_pop, _ = features
+    train = np.flatnonzero(np.isfinite(catalog["z_spec"].to_numpy()))
+    p = _selection_by_hand(catalog)
+    for cap in (100.0, 5.0):
+        got = pz.selection_weights(catalog, train, X_pop, max_weight=cap)
+        raw = p.mean() / p[train]
+        np.testing.assert_allclose(got.values, np.minimum(raw, cap), rtol=1e-12)
+        assert got.n_capped == int((raw > cap).sum())
+        assert got.ess == pytest.approx(got.values.sum() ** 2 / (got.values**2).sum())
+    assert pz.selection_weights(catalog, train, X_pop, max_weight=5.0).n_capped > 0
+    # the weighted training set's redshifts are distributed as the population's where the
+    # training set reaches (no spectrum above z = 4 here): total variation over five bins
+    w = pz.selection_weights(catalog, train, X_pop).values
+    edges = [0, 1, 1.5, 2.5, 4, np.inf]
+    z = catalog["z_true"].to_numpy()
+    population = np.histogram(z, edges)[0] / z.size
+    unweighted = np.histogram(z[train], edges)[0] / train.size
+    weighted = np.histogram(z[train], edges, weights=w)[0] / w.sum()
+    tv_unweighted = 0.5 * np.abs(unweighted - population).sum()
+    tv_weighted = 0.5 * np.abs(weighted - population).sum()
+    assert tv_unweighted > 0.25
+    assert tv_weighted < 0.6 * tv_unweighted
+
+
+def test_selection_weights_bad_input(catalog, features):
+    X_pop, _ = features
+    train = np.flatnonzero(np.isfinite(catalog["z_spec"].to_numpy()))
+    with pytest.raises(ValueError, match=r"z_true.*gmm_weights"):
+        pz.selection_weights(catalog.drop(columns="z_true"), train, X_pop)
+    bad = catalog.copy()
+    bad.loc[3, "z_true"] = np.nan
+    with pytest.raises(ValueError, match="z_true"):
+        pz.selection_probability(bad)
+    with pytest.raises(ValueError, match="max_weight"):
+        pz.selection_weights(catalog, train, X_pop, max_weight=0.0)
+    with pytest.raises(TypeError, match="train"):
+        pz.selection_weights(catalog, train.astype(float), X_pop)
+    with pytest.raises(ValueError, match="train"):
+        pz.selection_weights(catalog, np.array([0, len(catalog)]), X_pop)
+    with pytest.raises(ValueError, match="X has"):
+        pz.selection_weights(catalog, train, X_pop[:10])
 
 
 def test_divergence_is_jensen_shannon():

@@ -441,6 +441,63 @@ def test_run_photometric_errors_choose_the_inputs():
         PhotozRunConfig(photometric_errors="both")
 
 
+def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path):
+    """mixture: the mixtures' density ratios; selection: the simulated survey's true ones."""
+    from data_tools.photoz import gmm_features, selection_weights
+    from models.cli import PHOTOZ_WEIGHTINGS, main
+    from models.runs import photoz as run_photoz
+
+    class Trained(Exception):
+        pass
+
+    splits, seen = [], {}
+    real_split = run_photoz._split
+
+    def split(config, rng):
+        splits.append(real_split(config, rng))
+        return splits[-1]
+
+    def variant(mode, config, train, z, test, weights, *rest):
+        seen[config.weights] = weights
+        raise Trained
+
+    monkeypatch.setattr(run_photoz, "_split", split)
+    monkeypatch.setattr(run_photoz, "_variant", variant)
+    for kind in run_photoz.WEIGHTINGS:
+        config = run_photoz.PhotozRunConfig(
+            galaxies=3000, test_size=300, weights=kind, out=tmp_path, quiet=True
+        )
+        with pytest.raises(Trained):
+            run_photoz.run(config)
+    cat, train = splits[-1].catalog, splits[-1].train
+    np.testing.assert_array_equal(splits[0].train, train)
+    expected = selection_weights(cat, train, gmm_features(cat)).values
+    np.testing.assert_allclose(seen["selection"], expected, rtol=1e-12)
+    assert seen["mixture"].shape == expected.shape
+    assert not np.allclose(seen["mixture"], expected)
+    # the printed report says which weights the run used
+    report = _failed_report()
+    report["mixtures"]["weights"] = "selection"
+    assert run_photoz.format_report(report).splitlines()[1] == (
+        "mixtures: 2 components; weights ESS 4, 0 capped (the simulated survey's true "
+        "selection, not the mixtures')"
+    )
+    # a catalogue from a file has no known selection
+    with pytest.raises(ValueError, match=r"weights='selection'.*simulate"):
+        run_photoz.PhotozRunConfig(data=tmp_path / "cat.csv", weights="selection")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        run_photoz.PhotozRunConfig(weights="true")
+    # the command line offers the same choices, with the same default, and passes them on
+    assert PHOTOZ_WEIGHTINGS == run_photoz.WEIGHTINGS
+    assert PHOTOZ_WEIGHTINGS[0] == run_photoz.PhotozRunConfig().weights
+    configs = []
+    monkeypatch.setattr(
+        run_photoz, "run", lambda c: configs.append(c) or {"diagnostics": {"ok": True}}
+    )
+    assert main(["run", "photoz", "--weights", "selection", "--quiet"]) == 0
+    assert configs[0].weights == "selection"
+
+
 def test_run_likelihood_reaches_both_models(monkeypatch):
     """--likelihood sets the noise of every model the run builds, the LOO baseline's too."""
     from data_tools.photoz import simulate_galaxy_catalog
