@@ -420,7 +420,12 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
 
     with progress.stage(
         f"mixtures on {feats.shape[1]} features ({len(cat)} galaxies, {split.train.size} with "
-        f"z_spec): weights and divide"
+        f"z_spec): "
+        + (
+            "divide; true selection weights"
+            if config.weights == "selection"
+            else "weights and divide"
+        )
     ):
         mixtures = fit_mixtures(
             feats, feats[split.train], n_components=config.components, rng=seeds[1]

@@ -441,7 +441,7 @@ def test_run_photometric_errors_choose_the_inputs():
         PhotozRunConfig(photometric_errors="both")
 
 
-def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path):
+def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path, capsys):
     """mixture: the mixtures' density ratios; selection: the simulated survey's true ones."""
     from data_tools.photoz import gmm_features, selection_weights
     from models.cli import PHOTOZ_WEIGHTINGS, main
@@ -465,10 +465,12 @@ def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path)
     monkeypatch.setattr(run_photoz, "_variant", variant)
     for kind in run_photoz.WEIGHTINGS:
         config = run_photoz.PhotozRunConfig(
-            galaxies=3000, test_size=300, weights=kind, out=tmp_path, quiet=True
+            galaxies=3000, test_size=300, weights=kind, out=tmp_path, quiet=False
         )
         with pytest.raises(Trained):
             run_photoz.run(config)
+        stage = "divide; true selection weights" if kind == "selection" else "weights and divide"
+        assert f"with z_spec): {stage} ..." in capsys.readouterr().out
     cat, train = splits[-1].catalog, splits[-1].train
     np.testing.assert_array_equal(splits[0].train, train)
     expected = selection_weights(cat, train, gmm_features(cat)).values
