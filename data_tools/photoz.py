@@ -44,10 +44,12 @@ galaxy is ``w = (p_pop(x) + eta) / (p_train(x) + eta)``, capped at ``max_weight`
 renormalised (Hatfield et al. 2020; the original tool's formula). A galaxy belongs to component
 ``k`` if the population mixture's responsibility is strictly above ``threshold``.
 
-For a simulated catalogue the true weights are known: :func:`selection_weights` gives each
-training galaxy ``mean(P) / P_i``, with ``P`` the spectroscopic selection probability above
-(:func:`selection_probability`), which depends on the redshift as well as the photometry. It is
-the reference against which the mixtures' estimate can be judged, not a method for real data.
+For a simulated catalogue the true weights are known: with ``P`` the spectroscopic selection
+probability above (:func:`selection_probability`), which depends on the redshift as well as
+the photometry, :func:`selection_weights` gives each training galaxy ``mean(P) / P_i`` (the
+ratio to the whole catalogue) or ``(1 - P_i) / P_i`` normalised likewise (the ratio to the
+galaxies without a spectrum). They are the reference against which the mixtures' estimate can
+be judged, not a method for real data.
 
 Metrics (:func:`point_metrics`, :func:`interval_metrics`)
 ----------------------------------------------------------
@@ -79,6 +81,7 @@ __all__ = [
     "BANDS",
     "DEPTHS",
     "FILTERS",
+    "SELECTION_TARGETS",
     "TEMPLATES",
     "Mixtures",
     "RBFBasis",
@@ -397,11 +400,23 @@ def selection_probability(catalog: pd.DataFrame) -> np.ndarray:
     The module docstring's formula (Spectroscopy), from the observed F814W and F160W
     luptitudes and the true redshift: known only for a simulated catalogue.
 
+    Parameters
+    ----------
+    catalog
+        From :func:`simulate_galaxy_catalog`: columns ``lupt_F814W``, ``lupt_F160W`` and
+        ``z_true``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_galaxy,)``, in (0, 1).
+
     Raises
     ------
     ValueError
         The catalogue lacks ``lupt_F814W``, ``lupt_F160W`` or ``z_true`` (a real catalogue has
-        no known selection: weight it with :func:`gmm_weights`), or they are not finite.
+        no known selection: weight it with :func:`gmm_weights`), or they are not finite, or a
+        ``z_true`` is negative.
     """
     needed = ["lupt_F814W", "lupt_F160W", "z_true"]
     missing = [c for c in needed if c not in catalog.columns]
@@ -727,51 +742,99 @@ def gmm_weights(
     )
 
 
+SELECTION_TARGETS = ("catalogue", "without_spectrum")
+"""What :func:`selection_weights` reweights the training set to: every catalogue galaxy, or
+the galaxies without a spectrum (the run's test set on a simulated catalogue)."""
+
+
 def selection_weights(
-    catalog: pd.DataFrame, train: Any, X: Any, *, max_weight: float = 100.0
+    catalog: pd.DataFrame,
+    train: Any,
+    X: Any,
+    *,
+    target: str = "catalogue",
+    max_weight: float = 100.0,
 ) -> Weights:
-    """Weight a simulated catalogue's training set by its true population-to-training ratio.
+    """Weight a simulated catalogue's training set by its true density ratio to a target.
 
     A galaxy with photometry ``x`` and redshift ``z`` has a spectrum with probability
-    ``P(x, z)`` (:func:`selection_probability`), so the training set's density is the
-    population's times ``P / mean(P)`` and the weight that undoes the selection is
-    ``mean(P) / P_i``, the mean over the catalogue. Unlike :func:`gmm_weights` it corrects the
-    selection on redshift too (the redshift desert), which no function of the photometry can.
-    Capped at ``max_weight`` as the mixtures' weights are.
+    ``P(x, z)`` (:func:`selection_probability`), so with ``Pbar = mean(P)`` over the catalogue
+    the spectroscopic galaxies' density is the catalogue's times ``P / Pbar`` and the
+    others' is the catalogue's times ``(1 - P) / (1 - Pbar)``. The weight of training galaxy
+    ``i`` is the target's density over the training set's at that galaxy:
+
+    - ``target="catalogue"``: ``Pbar / P_i`` (the population the mixtures describe);
+    - ``target="without_spectrum"``: ``(1 - P_i) / P_i * Pbar / (1 - Pbar)``.
+
+    Unlike :func:`gmm_weights` they undo the selection on redshift too (the redshift desert),
+    which no function of the photometry can. Capped at ``max_weight`` as the mixtures' weights
+    are.
 
     Parameters
     ----------
     catalog
-        From :func:`simulate_galaxy_catalog`: the population.
+        From :func:`simulate_galaxy_catalog`, with ``z_spec`` (NaN without a spectrum).
     train
-        Row positions of the training galaxies in ``catalog``.
+        Integer row positions of the training galaxies in ``catalog``, ``(n_train,)``.
     X
-        Features of every galaxy in ``catalog`` (e.g. :func:`gmm_features`), for the
-        divergence diagnostic only.
+        Features of every galaxy in ``catalog``, ``(n_galaxy, n_feature)`` (e.g.
+        :func:`gmm_features`), for the divergence diagnostic only: the training set's
+        histograms against the target's.
+    target
+        One of :data:`SELECTION_TARGETS`.
     max_weight
         Cap on the weights, ``> 0``.
+
+    Returns
+    -------
+    Weights
+        ``values`` ``(n_train,)``, their effective sample size, how many were capped, and the
+        divergences from the target's feature histograms.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``target``, ``max_weight <= 0``, row positions outside the catalogue, ``X``
+        without one row per catalogue galaxy, or a catalogue :func:`selection_probability`
+        refuses.
+    TypeError
+        ``train`` that is not a non-empty 1-d array of integers.
     """
+    if target not in SELECTION_TARGETS:
+        raise ValueError(f"target must be one of {SELECTION_TARGETS}, got {target!r}.")
     if not np.isfinite(max_weight) or max_weight <= 0:
         raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
     p = selection_probability(catalog)
     rows = np.asarray(train)
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or rows.size == 0:
-        raise TypeError("train must be a non-empty 1-d array of integer row positions.")
-    if rows.min() < 0 or rows.max() >= len(catalog):
-        raise ValueError(f"train has row positions outside 0..{len(catalog) - 1}.")
+        raise TypeError(
+            f"train must be a non-empty 1-d array of integer row positions, got dtype "
+            f"{rows.dtype} and shape {rows.shape}; for a boolean mask use np.flatnonzero(mask)."
+        )
+    outside = rows[(rows < 0) | (rows >= len(catalog))]
+    if outside.size:
+        raise ValueError(
+            f"train has row positions outside 0..{len(catalog) - 1} (e.g. {outside[0]}); pass "
+            f"positions (np.flatnonzero), not catalogue ids."
+        )
     X = as_finite_array("X", X, ndim=2)
     if X.shape[0] != len(catalog):
         raise ValueError(
             f"X has {X.shape[0]} rows, expected one per catalogue galaxy ({len(catalog)})."
         )
-    raw = p.mean() / p[rows]
+    p_bar = p.mean()
+    if target == "catalogue":
+        raw, reference = p_bar / p[rows], X
+    else:
+        raw = (1 - p[rows]) / p[rows] * p_bar / (1 - p_bar)
+        reference = X[~np.isfinite(catalog["z_spec"].to_numpy(dtype=float))]
     w = np.minimum(raw, max_weight)
     return Weights(
         values=w,
         ess=float(w.sum() ** 2 / (w**2).sum()),
         n_capped=int((raw > max_weight).sum()),
-        divergence_unweighted=feature_divergence(X, X[rows]),
-        divergence_weighted=feature_divergence(X, X[rows], weights=w),
+        divergence_unweighted=feature_divergence(reference, X[rows]),
+        divergence_weighted=feature_divergence(reference, X[rows], weights=w),
     )
 
 

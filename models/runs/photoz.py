@@ -96,8 +96,9 @@ class PhotozRunConfig:
     max_weight: float = 100.0
     weights: str = "mixture"
     """``WEIGHTINGS``: ``"selection"`` (simulated catalogues only) replaces the mixtures'
-    density ratios by the true ones, :func:`data_tools.photoz.selection_weights`; the divide
-    variants' memberships still come from the population mixture."""
+    density ratios by the true ratio of the test set's density (galaxies without a spectrum) to
+    the training set's, :func:`data_tools.photoz.selection_weights`; the divide variants'
+    memberships still come from the population mixture."""
     basis: int = 100
     method: str = "auto"
     draws: int = 2000
@@ -431,7 +432,10 @@ def run(config: PhotozRunConfig) -> dict[str, Any]:
             feats, feats[split.train], n_components=config.components, rng=seeds[1]
         )
         if config.weights == "selection":
-            weights = selection_weights(cat, split.train, feats, max_weight=config.max_weight)
+            # the test set: galaxies without a spectrum (selection is refused with --data)
+            weights = selection_weights(
+                cat, split.train, feats, target="without_spectrum", max_weight=config.max_weight
+            )
         else:
             weights = gmm_weights(mixtures, feats, feats[split.train], max_weight=config.max_weight)
         division = gmm_divide(mixtures, feats[split.train], threshold=config.threshold)

@@ -442,7 +442,7 @@ def test_run_photometric_errors_choose_the_inputs():
 
 
 def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path, capsys):
-    """mixture: the mixtures' density ratios; selection: the simulated survey's true ones."""
+    """mixture: the mixtures' density ratios; selection: the true ratios to the test set."""
     from data_tools.photoz import gmm_features, selection_weights
     from models.cli import PHOTOZ_WEIGHTINGS, main
     from models.runs import photoz as run_photoz
@@ -473,7 +473,8 @@ def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path,
         assert f"with z_spec): {stage} ..." in capsys.readouterr().out
     cat, train = splits[-1].catalog, splits[-1].train
     np.testing.assert_array_equal(splits[0].train, train)
-    expected = selection_weights(cat, train, gmm_features(cat)).values
+    # weighted to the test set's galaxies: those without a spectrum
+    expected = selection_weights(cat, train, gmm_features(cat), target="without_spectrum").values
     np.testing.assert_allclose(seen["selection"], expected, rtol=1e-12)
     assert seen["mixture"].shape == expected.shape
     assert not np.allclose(seen["mixture"], expected)
@@ -497,7 +498,8 @@ def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path,
         run_photoz, "run", lambda c: configs.append(c) or {"diagnostics": {"ok": True}}
     )
     assert main(["run", "photoz", "--weights", "selection", "--quiet"]) == 0
-    assert configs[0].weights == "selection"
+    assert main(["run", "photoz", "--quiet"]) == 0
+    assert [c.weights for c in configs] == ["selection", "mixture"]
 
 
 def test_run_likelihood_reaches_both_models(monkeypatch):
