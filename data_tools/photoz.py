@@ -794,14 +794,19 @@ def selection_weights(
     Raises
     ------
     ValueError
-        An unknown ``target``, ``max_weight <= 0``, row positions outside the catalogue, ``X``
-        without one row per catalogue galaxy, or a catalogue :func:`selection_probability`
-        refuses.
+        An unknown ``target``, ``"without_spectrum"`` without ``z_spec``, ``max_weight <= 0``,
+        row positions outside the catalogue, ``X`` without one row per catalogue galaxy, or a
+        catalogue :func:`selection_probability` refuses.
     TypeError
         ``train`` that is not a non-empty 1-d array of integers.
     """
     if target not in SELECTION_TARGETS:
         raise ValueError(f"target must be one of {SELECTION_TARGETS}, got {target!r}.")
+    if target == "without_spectrum" and "z_spec" not in catalog.columns:
+        raise ValueError(
+            "target='without_spectrum' needs the catalogue's z_spec column (NaN without a "
+            "spectrum) to tell which galaxies have none; pass the catalogue as simulated."
+        )
     if not np.isfinite(max_weight) or max_weight <= 0:
         raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
     p = selection_probability(catalog)

@@ -283,6 +283,10 @@ def test_selection_weights_bad_input(catalog, features):
         bad.loc[3, "z_true"] = value
         with pytest.raises(ValueError, match=f"z_true.*{message}"):
             pz.selection_probability(bad)
+    with pytest.raises(ValueError, match="needs the catalogue's z_spec"):
+        pz.selection_weights(
+            catalog.drop(columns="z_spec"), train, X_pop, target="without_spectrum"
+        )
     with pytest.raises(ValueError, match="target must be one of"):
         pz.selection_weights(catalog, train, X_pop, target="population")
     with pytest.raises(ValueError, match="max_weight"):
