@@ -115,14 +115,23 @@ def as_counts(name: str, value: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def as_index(name: str, value: Any, *, n: int, allow_outside: bool = True) -> np.ndarray:
-    """Return integer bin indices in ``[0, n)`` (and ``-1`` for "outside" when allowed)."""
+def as_index(
+    name: str,
+    value: Any,
+    *,
+    n: int,
+    allow_outside: bool = True,
+    what: str = "bin",
+    hint: str = "build it with a binning's bin_index(...)",
+) -> np.ndarray:
+    """Return integer indices in ``[0, n)`` (and ``-1`` for "outside" when allowed).
+
+    ``what`` names one of the ``n`` things indexed (``"bin"``, ``"catalogue row"``) and
+    ``hint`` says how to build a valid index; both go into the error messages.
+    """
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(
-            f"{name} must hold integer bin indices, got dtype {arr.dtype}; "
-            f"build it with a binning's bin_index(...)."
-        )
+        raise TypeError(f"{name} must hold integer {what} indices, got dtype {arr.dtype}; {hint}.")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-dimensional, got shape {arr.shape}.")
     low = -1 if allow_outside else 0
@@ -131,7 +140,7 @@ def as_index(name: str, value: Any, *, n: int, allow_outside: bool = True) -> np
         i = _first_bad(bad)
         allowed = f"-1 (outside) or 0..{n - 1}" if allow_outside else f"0..{n - 1}"
         raise ValueError(
-            f"{name}[{i}] = {arr[i]} is out of range: expected {allowed} for {n} bins."
+            f"{name}[{i}] = {arr[i]} is out of range: expected {allowed} for {n} {what}s."
         )
     return arr.astype(np.int64)
 

@@ -75,7 +75,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import RobustScaler
 
-from data_tools.checks import as_finite_array, as_int
+from data_tools.checks import as_finite_array, as_index, as_int
 
 __all__ = [
     "BANDS",
@@ -704,6 +704,25 @@ class Weights:
     divergence_weighted: np.ndarray
 
 
+def _check_max_weight(max_weight: float) -> None:
+    if not np.isfinite(max_weight) or max_weight <= 0:
+        raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
+
+
+def _capped_weights(
+    raw: np.ndarray, max_weight: float, X_target: np.ndarray, X_train: np.ndarray
+) -> Weights:
+    """Cap density ratios at ``max_weight`` and diagnose them against the target's features."""
+    w = np.minimum(raw, max_weight)
+    return Weights(
+        values=w,
+        ess=float(w.sum() ** 2 / (w**2).sum()),
+        n_capped=int((raw > max_weight).sum()),
+        divergence_unweighted=feature_divergence(X_target, X_train),
+        divergence_weighted=feature_divergence(X_target, X_train, weights=w),
+    )
+
+
 def gmm_weights(
     mixtures: Mixtures,
     X_pop: Any,
@@ -726,20 +745,11 @@ def gmm_weights(
         Cap on the weights, ``> 0``.
     """
     X_pop, X_train = _check_pair(X_pop, X_train)
-    if not np.isfinite(max_weight) or max_weight <= 0:
-        raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
+    _check_max_weight(max_weight)
     if not np.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite number >= 0, got {eta}.")
     p_pop, p_train = mixtures.densities(X_train, "X_train")
-    raw = (p_pop + eta) / (p_train + eta)
-    w = np.minimum(raw, max_weight)
-    return Weights(
-        values=w,
-        ess=float(w.sum() ** 2 / (w**2).sum()),
-        n_capped=int((raw > max_weight).sum()),
-        divergence_unweighted=feature_divergence(X_pop, X_train),
-        divergence_weighted=feature_divergence(X_pop, X_train, weights=w),
-    )
+    return _capped_weights((p_pop + eta) / (p_train + eta), max_weight, X_pop, X_train)
 
 
 SELECTION_TARGETS = ("catalogue", "without_spectrum")
@@ -795,10 +805,11 @@ def selection_weights(
     ------
     ValueError
         An unknown ``target``, ``"without_spectrum"`` without ``z_spec``, ``max_weight <= 0``,
-        row positions outside the catalogue, ``X`` without one row per catalogue galaxy, or a
-        catalogue :func:`selection_probability` refuses.
+        a ``train`` that is empty, not 1-d or has positions outside the catalogue, ``X``
+        without one row per catalogue galaxy, or a catalogue :func:`selection_probability`
+        refuses.
     TypeError
-        ``train`` that is not a non-empty 1-d array of integers.
+        ``train`` that does not hold integers.
     """
     if target not in SELECTION_TARGETS:
         raise ValueError(f"target must be one of {SELECTION_TARGETS}, got {target!r}.")
@@ -807,21 +818,18 @@ def selection_weights(
             "target='without_spectrum' needs the catalogue's z_spec column (NaN without a "
             "spectrum) to tell which galaxies have none; pass the catalogue as simulated."
         )
-    if not np.isfinite(max_weight) or max_weight <= 0:
-        raise ValueError(f"max_weight must be a finite number > 0, got {max_weight}.")
+    _check_max_weight(max_weight)
     p = selection_probability(catalog)
-    rows = np.asarray(train)
-    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or rows.size == 0:
-        raise TypeError(
-            f"train must be a non-empty 1-d array of integer row positions, got dtype "
-            f"{rows.dtype} and shape {rows.shape}; for a boolean mask use np.flatnonzero(mask)."
-        )
-    outside = rows[(rows < 0) | (rows >= len(catalog))]
-    if outside.size:
-        raise ValueError(
-            f"train has row positions outside 0..{len(catalog) - 1} (e.g. {outside[0]}); pass "
-            f"positions (np.flatnonzero), not catalogue ids."
-        )
+    rows = as_index(
+        "train",
+        train,
+        n=len(catalog),
+        allow_outside=False,
+        what="catalogue row",
+        hint="pass row positions; for a boolean mask use np.flatnonzero(mask)",
+    )
+    if rows.size == 0:
+        raise ValueError("train is empty: pass the row positions of the training galaxies.")
     X = as_finite_array("X", X, ndim=2)
     if X.shape[0] != len(catalog):
         raise ValueError(
@@ -833,14 +841,7 @@ def selection_weights(
     else:
         raw = (1 - p[rows]) / p[rows] * p_bar / (1 - p_bar)
         reference = X[~np.isfinite(catalog["z_spec"].to_numpy(dtype=float))]
-    w = np.minimum(raw, max_weight)
-    return Weights(
-        values=w,
-        ess=float(w.sum() ** 2 / (w**2).sum()),
-        n_capped=int((raw > max_weight).sum()),
-        divergence_unweighted=feature_divergence(reference, X[rows]),
-        divergence_weighted=feature_divergence(reference, X[rows], weights=w),
-    )
+    return _capped_weights(raw, max_weight, reference, X[rows])
 
 
 @dataclass(frozen=True)

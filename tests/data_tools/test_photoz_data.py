@@ -241,13 +241,14 @@ def test_selection_weights_against_the_formula(catalog, features):
 def test_selection_weights_undo_the_selection(catalog, features):
     """Over repeated surveys of one catalogue, weighted training shares are the target's.
 
-    Spectra are redrawn from the selection probability 300 times; pooled over the surveys,
-    the weighted share of each redshift bin among the training galaxies estimates the share
-    in the whole catalogue (target "catalogue") or the (1 - P)-weighted share expected among
-    the galaxies without a spectrum, to within four standard errors.
+    Spectra are redrawn 300 times from the selection written out by hand (not the code's);
+    pooled over the surveys, the weighted share of each redshift bin among the training
+    galaxies estimates the share in the whole catalogue (target "catalogue") or the
+    (1 - P)-weighted share expected among the galaxies without a spectrum, to within four
+    standard errors.
     """
     X_pop, _ = features
-    p = pz.selection_probability(catalog)
+    p = _selection_by_hand(catalog)
     z = catalog["z_true"].to_numpy()
     edges = [0, 1, 1.5, 2.5, 4, np.inf]
     bins = np.digitize(z, edges[1:-1])
@@ -291,11 +292,14 @@ def test_selection_weights_bad_input(catalog, features):
         pz.selection_weights(catalog, train, X_pop, target="population")
     with pytest.raises(ValueError, match="max_weight"):
         pz.selection_weights(catalog, train, X_pop, max_weight=0.0)
-    for bad_train in (train.astype(float), train[:0], train[None, :]):
-        with pytest.raises(TypeError, match=r"np\.flatnonzero"):
-            pz.selection_weights(catalog, bad_train, X_pop)
-    for bad_train in (np.array([0, len(catalog)]), np.array([-1, 2])):
-        with pytest.raises(ValueError, match="outside 0"):
+    with pytest.raises(TypeError, match=r"integer catalogue row indices.*np\.flatnonzero"):
+        pz.selection_weights(catalog, train.astype(float), X_pop)
+    with pytest.raises(ValueError, match="train is empty"):
+        pz.selection_weights(catalog, train[:0], X_pop)
+    with pytest.raises(ValueError, match="1-dimensional"):
+        pz.selection_weights(catalog, train[None, :], X_pop)
+    for bad_train, first in ((np.array([0, len(catalog)]), 1), (np.array([-1, 2]), 0)):
+        with pytest.raises(ValueError, match=rf"train\[{first}\] .* out of range.*catalogue rows"):
             pz.selection_weights(catalog, bad_train, X_pop)
     with pytest.raises(ValueError, match="X has"):
         pz.selection_weights(catalog, train, X_pop[:10])
