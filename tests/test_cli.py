@@ -61,8 +61,8 @@ def test_bad_options_exit_with_usage(args, message, capsys):
 
 
 @pytest.mark.slow
-def test_run_from_files_writes_the_standard_set(tmp_path):
-    logging.getLogger("pymc").setLevel(logging.ERROR)
+def test_run_from_files_writes_the_standard_set(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pymc")  # --quiet must hold PyMC's INFO lines back
     sim = simulate_hese_toy(30_000, rng=4)
     data = simulate_hese_data(sim, atmo_norm=1.0, astro_norm=6.7, astro_gamma=3.0, rng=5)
     write_hese_json(tmp_path / "sim.json", sim)
@@ -117,6 +117,7 @@ def test_run_from_files_writes_the_standard_set(tmp_path):
         < 3 * report["posterior"]["astro_gamma"]["sd"]
     )
     assert np.isfinite(report["mle"]["neg_log_likelihood"])
+    assert not [r for r in caplog.records if r.name.startswith("pymc") and r.levelno < 30]
 
 
 @pytest.mark.slow

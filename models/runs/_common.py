@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import xarray as xr
 from data_tools._io import atomic_path, atomic_write_text
 from models.inference import finite_or_none, summary_table
 
-__all__ = ["Progress", "write_standard_outputs"]
+__all__ = ["Progress", "honours_quiet", "pymc_logs_quiet", "write_standard_outputs"]
 
 
 class Progress:
@@ -40,6 +42,34 @@ class Progress:
         self.timings[label] = dt
         if not self.quiet:
             print(f"      done in {dt:.1f} s", file=self.stream, flush=True)
+
+
+@contextmanager
+def pymc_logs_quiet(quiet: bool) -> Iterator[None]:
+    """Hold back PyMC's INFO lines ("NUTS[nutpie]: [...]", "Sampling: [...]") while ``quiet``.
+
+    PyMC logs them to stderr through its own handler, so ``--quiet`` would otherwise still
+    print them. Warnings and errors still show; the logger's level is restored afterwards.
+    """
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    if quiet:
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def honours_quiet[F: Callable[..., Any]](run: F) -> F:
+    """Decorate a ``run(config)``: PyMC's INFO lines are held back when ``config.quiet``."""
+
+    @functools.wraps(run)
+    def wrapper(config, *args, **kwargs):
+        with pymc_logs_quiet(bool(config.quiet)):
+            return run(config, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _netcdf_safe(idata: xr.DataTree) -> xr.DataTree:

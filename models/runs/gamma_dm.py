@@ -31,7 +31,7 @@ from models.inference import (
     posterior_digest,
     sample_posterior,
 )
-from models.runs._common import Progress, write_standard_outputs
+from models.runs._common import Progress, honours_quiet, write_standard_outputs
 
 __all__ = ["GammaRunConfig", "run"]
 
@@ -80,6 +80,7 @@ class GammaRunConfig:
         return {"dm": f, **{k: (1 - f) * v for k, v in split.items()}}
 
 
+@honours_quiet
 def run(config: GammaRunConfig) -> dict[str, Any]:
     """Simulate the seed's observation, marginalise, fit with NUTS, compare, write, report."""
     t_start = time.perf_counter()

@@ -31,7 +31,7 @@ from models.inference import (
     sample_posterior,
 )
 from models.mass_luminosity import PARAMETERS, build_model
-from models.runs._common import Progress, write_standard_outputs
+from models.runs._common import Progress, honours_quiet, write_standard_outputs
 
 __all__ = ["MassLuminosityRunConfig", "run"]
 
@@ -64,6 +64,7 @@ class MassLuminosityRunConfig:
             raise ValueError(f"priors must be 'weak' or 'original', got {self.priors!r}.")
 
 
+@honours_quiet
 def run(config: MassLuminosityRunConfig) -> dict[str, Any]:
     """Simulate or load a catalogue, compute weights, fit with NUTS, write and report."""
     t_start = time.perf_counter()

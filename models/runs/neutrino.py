@@ -26,7 +26,7 @@ from models.inference import (
     sample_posterior,
 )
 from models.neutrino_diffuse import build_model, max_likelihood, parameter_names
-from models.runs._common import Progress, write_standard_outputs
+from models.runs._common import Progress, honours_quiet, write_standard_outputs
 
 __all__ = ["TRUTH", "NeutrinoRunConfig", "run"]
 
@@ -70,6 +70,7 @@ class NeutrinoRunConfig:
             )
 
 
+@honours_quiet
 def run(config: NeutrinoRunConfig) -> dict[str, Any]:
     """Simulate or load, fit (MLE and NUTS, power law and log-parabola), write and report.
 

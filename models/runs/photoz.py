@@ -59,7 +59,13 @@ from models.photoz import (
     predict,
     prediction_summary,
 )
-from models.runs._common import Progress, _jsonable, write_idata, write_standard_outputs
+from models.runs._common import (
+    Progress,
+    _jsonable,
+    honours_quiet,
+    write_idata,
+    write_standard_outputs,
+)
 
 __all__ = ["MODES", "PhotozRunConfig", "run"]
 
@@ -399,6 +405,7 @@ def _baseline(X, z, X_test, weights, seed) -> np.ndarray:
     return np.expm1(model.predict(X_test))
 
 
+@honours_quiet
 def run(config: PhotozRunConfig) -> dict[str, Any]:
     """Load or simulate, weight and divide, train every variant, score, write and report."""
     t_start = time.perf_counter()
