@@ -47,7 +47,7 @@ and why (each measured on the simulated deep field, 1,462 training galaxies, 100
   residuals have heavy tails (a third of the population's galaxies are catastrophic outliers).
   A normal likelihood widens every galaxy's noise to accommodate them: in the default run (seeds
   20260, 8, 9) its 68 % intervals covered 0.68-0.87 of the test galaxies, and the simple fit's
-  sigma_NMAD reached 0.185 at seed 8 (see the README for the t's figures). The degrees of
+  sigma_NMAD reached 0.185 at seed 8 (see docs/photoz.md for the t's figures). The degrees of
   freedom have an informative prior, ``nu ~ LogNormal(ln 7, 0.4)`` (90 % in 3.6-13.5; the
   default run's simple fits found 4.0-9.1). With the broad ``Gamma(2, 0.1)`` a weighted fit of
   60 effective galaxies reached nu ~ 1, where nu trades off against the noise's scale: bulk

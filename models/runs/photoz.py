@@ -85,7 +85,7 @@ REFIT_FACTOR = 4
 """A NUTS fit that fails the convergence check on mixing is fitted once more with this many
 times the draws and tuning steps (``refit``), keeping every ``REFIT_FACTOR``-th draw. Twice
 was not enough for the two default seeds whose runs had failed (12 and 18): seed 18's
-component went from bulk ESS 194 to 364 of its kept draws (README, photo-z section)."""
+component went from bulk ESS 194 to 364 of its kept draws (docs/photoz.md)."""
 
 
 @dataclass(frozen=True)
@@ -1000,8 +1000,8 @@ def _format_support(support: dict[str, Any]) -> str:
         line += (
             ":\n    under Student-t noise its weight can fit the nearest galaxy or leave it as an "
             "outlier,\n    two modes the chains cross rarely (the further out in its prior "
-            "fitting the galaxy\n    puts the weight, the more the second weighs; README, "
-            "photo-z section). "
+            "fitting the galaxy\n    puts the weight, the more the second weighs; "
+            "docs/photoz.md). "
             "Another --seed\n    redraws the split and the k-means centres (and a simulated "
             "catalogue)."
         )

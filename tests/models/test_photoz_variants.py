@@ -95,7 +95,7 @@ def test_weighting_and_dividing_reduce_the_high_redshift_bias(result):
     weighted, -0.522 divide, on 189 test galaxies.
 
     Required: a reduction by more than 0.015, twice the paired bootstrap sd of the difference
-    (0.007 for divide at this seed). The default size's results are in the README.
+    (0.007 for divide at this seed). The default size's results are in docs/photoz.md.
     """
     _, _, _, table = result
     simple = abs(_row(table, "simple", "z_true", "(2.5, 4.0]")["bias"])
@@ -106,7 +106,7 @@ def test_weighting_and_dividing_reduce_the_high_redshift_bias(result):
 def test_weighting_and_dividing_reduce_the_faint_bias(result):
     """Bias above F160W = 26.5 at this seed: -0.157 simple, -0.102 weighted, -0.123 divide.
 
-    Not at every seed: see the README's tables.
+    Not at every seed: see the tables in docs/photoz.md.
     """
     _, _, _, table = result
     simple = abs(_row(table, "simple", "lupt_F160W", "(26.5, inf]")["bias"])
@@ -117,7 +117,7 @@ def test_weighting_and_dividing_reduce_the_faint_bias(result):
 def test_close_to_gradient_boosting_at_small_size(result):
     """At 40 functions sigma_NMAD is within 10 % of HistGradientBoosting's (0.121 vs 0.115).
 
-    At the default 100 functions dividing beats it at each of nine seeds (README).
+    At the default 100 functions dividing beats it at each of nine seeds (docs/photoz.md).
     """
     _, _, _, table = result
     best = min(_row(table, v)["sigma_nmad"] for v in ("simple", "weighted", "divide"))
