@@ -12,7 +12,6 @@ show that the check can fail.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from data_tools.halos import (
 )
 from models.calibration import CASES, FitResult, run_sbc, verdicts, write_outputs
 from models.inference import convergence, sample_compiled, sample_posterior
+from models.runs._common import pymc_logs_quiet
 
 __all__ = [
     "GAMMA_EVENTS",
@@ -76,20 +76,20 @@ def _prior_draws(factories: dict[str, Any], names, rng: np.random.Generator) -> 
 
 
 def _fit(model, names, rng, draws: int, tune: int) -> tuple[dict[str, np.ndarray], dict]:
-    logging.getLogger("pymc").setLevel(logging.WARNING)  # no "NUTS[nutpie]: ..." per replicate
-    idata = sample_posterior(
-        model,
-        draws=draws,
-        tune=tune,
-        chains=2,
-        cores=1,
-        rng=rng,
-        var_names=names,
-        posterior_predictive=False,
-        log_likelihood=False,
-        adaptation="low_rank",
-        progressbar=False,
-    )
+    with pymc_logs_quiet(True):  # no "NUTS[nutpie]: ..." per replicate
+        idata = sample_posterior(
+            model,
+            draws=draws,
+            tune=tune,
+            chains=2,
+            cores=1,
+            rng=rng,
+            var_names=names,
+            posterior_predictive=False,
+            log_likelihood=False,
+            adaptation="low_rank",
+            progressbar=False,
+        )
     post = idata["posterior"]
     return {p: np.asarray(post[p].values) for p in names}, convergence(idata, names)
 

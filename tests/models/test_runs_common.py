@@ -7,6 +7,11 @@ from models.runs._common import honours_quiet, pymc_logs_quiet
 PYMC = logging.getLogger("pymc")
 
 
+class _Config:
+    def __init__(self, quiet):
+        self.quiet = quiet
+
+
 def _pymc_messages(caplog):
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("pymc")]
 
@@ -28,17 +33,26 @@ def test_not_quiet_leaves_pymc_alone(caplog):
     assert _pymc_messages(caplog) == [(logging.INFO, "NUTS[nutpie]: [coef]")]
 
 
-def test_a_stricter_level_is_kept_and_restored_after_an_error(caplog):
+def test_a_stricter_level_is_kept(caplog):
     caplog.set_level(logging.ERROR, logger="pymc")
-    with pytest.raises(RuntimeError), pymc_logs_quiet(True):
+    with pymc_logs_quiet(True):
         assert PYMC.level == logging.ERROR  # quiet never lowers a level set by the user
-        raise RuntimeError("a failed run")
     assert PYMC.level == logging.ERROR
 
 
-class _Config:
-    def __init__(self, quiet):
-        self.quiet = quiet
+def test_the_level_is_restored_after_a_failed_run(caplog):
+    caplog.set_level(logging.INFO, logger="pymc")
+    with pytest.raises(RuntimeError), pymc_logs_quiet(True):
+        raise RuntimeError("a failed run")
+    assert PYMC.level == logging.INFO
+
+    @honours_quiet
+    def run(config):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        run(_Config(True))
+    assert PYMC.level == logging.INFO
 
 
 @pytest.mark.parametrize(("quiet", "seen"), [(True, logging.WARNING), (False, logging.INFO)])
