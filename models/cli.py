@@ -200,6 +200,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     pz.add_argument("--max-weight", type=float, default=100.0, help="cap on the weights (100)")
     pz.add_argument(
+        "--max-leverage",
+        type=float,
+        default=None,
+        help="widen every basis function until no training galaxy holds more than this share of "
+        "its squared response (e.g. 0.5, for a fit that fails on an isolated galaxy's function; "
+        "default: no limit)",
+    )
+    pz.add_argument(
         "--weights",
         choices=PHOTOZ_WEIGHTINGS,
         default=PHOTOZ_WEIGHTINGS[0],

@@ -400,6 +400,45 @@ def test_isolated_functions_are_stretched_to_the_minimum_support(features, catal
         pz.rbf_basis(X, z, 30, min_support=X.shape[0], rng=3)
 
 
+def test_max_leverage_widens_functions_one_galaxy_dominates(features, catalog):
+    """After the minimum support, no galaxy holds more than max_leverage of a function's
+    squared response (computed here from the basis evaluated directly); others are unchanged."""
+    _, X_train = features
+    z = catalog["z_spec"].dropna().to_numpy()
+    X = np.vstack([X_train, X_train.mean(axis=0) + 8 * X_train.std(axis=0)])
+    z = np.append(z, 5.0)
+    supported = pz.rbf_basis(X, z, 30, min_support=3.0, rng=3)
+    capped = pz.rbf_basis(X, z, 30, min_support=3.0, max_leverage=0.5, rng=3)
+    one = pz.rbf_basis(X, z, 30, min_support=3.0, max_leverage=1.0, rng=3)
+    np.testing.assert_array_equal(one.length_scales, supported.length_scales)
+    np.testing.assert_array_equal(capped.centers, supported.centers)
+
+    def leverage(b):
+        phi = b.design(X, "X")
+        return (phi**2).max(axis=0) / (phi**2).sum(axis=0)
+
+    before, after = leverage(supported), leverage(capped)
+    high = before > 0.5
+    # the isolated galaxy's function: support 3 is reached with phi = 1 at that one galaxy
+    assert 1 <= high.sum() < 30 and before.max() > 0.8
+    np.testing.assert_allclose(after[high], 0.5, rtol=1e-4)
+    assert (after <= 0.5 + 1e-6).all()
+    np.testing.assert_array_equal(capped.length_scales[~high], supported.length_scales[~high])
+    ratio = capped.length_scales[high] / supported.length_scales[high]
+    assert (ratio > 1).all()
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio))  # one factor per function
+    n = X.shape[0]
+    for bad, message in (
+        (0.0, r"max_leverage must be in \(1 / n, 1\]"),
+        (1.0 / n, r"max_leverage must be in \(1 / n, 1\]"),
+        (1.5, r"max_leverage must be in \(1 / n, 1\]"),
+        (np.inf, "max_leverage contains inf"),
+        (np.nan, "max_leverage contains nan"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            pz.rbf_basis(X, z, 30, max_leverage=bad, rng=3)
+
+
 # --- metrics -------------------------------------------------------------------------------
 
 

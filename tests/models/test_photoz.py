@@ -502,6 +502,36 @@ def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path,
     assert [c.weights for c in configs] == ["selection", "mixture"]
 
 
+def test_run_max_leverage_reaches_the_basis(monkeypatch):
+    """--max-leverage goes to every model's basis functions; None by default; checked."""
+    from data_tools.photoz import simulate_galaxy_catalog
+    from models.cli import main
+    from models.runs import photoz as run_photoz
+
+    cat = simulate_galaxy_catalog(300, rng=4)
+    inputs = run_photoz._inputs(cat, run_photoz.PhotozRunConfig())
+    z = cat["z_true"].to_numpy()
+    seen = []
+    real = run_photoz.rbf_basis
+    monkeypatch.setattr(
+        run_photoz, "rbf_basis", lambda *a, **k: seen.append(k["max_leverage"]) or real(*a, **k)
+    )
+    for cap in (None, 0.5):
+        config = run_photoz.PhotozRunConfig(max_leverage=cap, basis=8)
+        run_photoz._build(config, inputs, z, None, np.random.default_rng(1))
+    assert seen == [None, 0.5]
+    for bad in (0.0, 1.5, np.nan):
+        with pytest.raises(ValueError, match=r"max_leverage must be in \(0, 1\] or None"):
+            run_photoz.PhotozRunConfig(max_leverage=bad)
+    configs = []
+    monkeypatch.setattr(
+        run_photoz, "run", lambda c: configs.append(c) or {"diagnostics": {"ok": True}}
+    )
+    assert main(["run", "photoz", "--max-leverage", "0.5", "--quiet"]) == 0
+    assert main(["run", "photoz", "--quiet"]) == 0
+    assert [c.max_leverage for c in configs] == [0.5, None]
+
+
 def test_run_likelihood_reaches_both_models(monkeypatch):
     """--likelihood sets the noise of every model the run builds, the LOO baseline's too."""
     from data_tools.photoz import simulate_galaxy_catalog
@@ -685,6 +715,7 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
         text = run_photoz.format_report(_failed_report(simple={"fits": [lonely], "ok": False}))
         assert ("leave it as an outlier," in text) is (likelihood == "student_t")
         assert ("redraws the split and the k-means centres" in text) is (likelihood == "student_t")
+        assert ("--max-leverage 0.5 widens" in text) is (likelihood == "student_t")
 
 
 def test_coef_prior_sd_is_the_models_prior(toy):
