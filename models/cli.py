@@ -204,8 +204,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="widen every basis function until no training galaxy holds more than this share of "
-        "its squared response (e.g. 0.5, for a fit that fails on an isolated galaxy's function; "
-        "default: no limit)",
+        "its squared response, in (0.05, 1] (e.g. 0.5, for a fit that fails on an isolated "
+        "galaxy's function; default: no limit)",
     )
     pz.add_argument(
         "--weights",

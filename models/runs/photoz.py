@@ -153,12 +153,15 @@ class PhotozRunConfig:
                 "a catalogue read from a file does not have; use weights='mixture' with data, or "
                 "simulate the catalogue."
             )
+        low = 1 / MIN_COMPONENT_MEMBERS
         if self.max_leverage is not None and not (
-            np.isfinite(self.max_leverage) and 0 < self.max_leverage <= 1
+            np.isfinite(self.max_leverage) and low < self.max_leverage <= 1
         ):
             raise ValueError(
-                f"max_leverage must be in (0, 1] or None, got {self.max_leverage}; 0.5 lets no "
-                f"galaxy hold more than half a basis function's response."
+                f"max_leverage (--max-leverage) must be in ({low:g}, 1], got "
+                f"{self.max_leverage}: above one over the fewest galaxies a model is fitted to "
+                f"(a divide component's {MIN_COMPONENT_MEMBERS}); 0.5 lets no galaxy hold more "
+                f"than half a basis function's response."
             )
         if self.method not in ("auto", "nuts", "advi"):
             raise ValueError(f"method must be 'auto', 'nuts' or 'advi', got {self.method!r}.")
@@ -308,6 +311,11 @@ def _build(config, inputs, z, weights, rng):
     )
 
 
+MIN_COMPONENT_MEMBERS = 20
+"""A divide component with fewer training members gets no model (its galaxies are predicted by
+the others); also the smallest training set ``max_leverage`` must suit."""
+
+
 MIXING_CHECKS = frozenset({"r_hat", "ess_bulk", "ess_tail"})
 """The convergence checks that longer chains can pass; divergences need another model."""
 
@@ -383,7 +391,7 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
     fits, per_component, fitted = [], [], []
     for k in range(division.member.shape[1]):
         rows = np.flatnonzero(division.member[:, k])
-        if rows.size < 20:
+        if rows.size < MIN_COMPONENT_MEMBERS:
             continue
         model, idata = _train_one(
             config, train.rows(rows), z_train[rows], None if w is None else w[rows], rng
@@ -393,7 +401,8 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
         fitted.append(k)
     if not fitted:
         raise ValueError(
-            f"no mixture component has 20 or more training members at threshold "
+            f"no mixture component has {MIN_COMPONENT_MEMBERS} or more training members at "
+            f"threshold "
             f"{config.threshold}; lower --threshold or use fewer --components."
         )
     samples = combine_divided(per_component, fitted_responsibility(test_resp, fitted), rng=rng)
@@ -989,12 +998,17 @@ def format_report(report: dict[str, Any]) -> str:
                 continue
             lines.append(f"  {which}: {format_convergence(one)}")
             if "basis_support" in one:
-                lines.append(_format_support(one["basis_support"]))
+                leverage = report.get("config", {}).get("max_leverage")
+                lines.append(_format_support(one["basis_support"], hint=leverage in (None, 1, 1.0)))
     return "\n".join(lines)
 
 
-def _format_support(support: dict[str, Any]) -> str:
-    """Say how many galaxies inform a failing basis weight's function (a report line)."""
+def _format_support(support: dict[str, Any], *, hint: bool = True) -> str:
+    """Say how many galaxies inform a failing basis weight's function (a report line).
+
+    ``hint``: suggest ``--max-leverage`` for a function stretched to the minimum support (the
+    run did not use it). Not for one heavily weighted galaxy: leverage ignores the weights.
+    """
     weighted = not np.isclose(support["effective"], support["galaxies"])
     line = (
         f"    basis function {support['basis']} is informed by {support['galaxies']:.1f} "
@@ -1015,7 +1029,10 @@ def _format_support(support: dict[str, Any]) -> str:
             "fitting the galaxy\n    puts the weight, the more the second weighs; "
             "docs/photoz.md). "
             "Another --seed\n    redraws the split and the k-means centres (and a simulated "
-            "catalogue);\n    --max-leverage 0.5 widens every function that one galaxy "
-            "dominates."
+            "catalogue)."
         )
+        if hint and support["galaxies"] < MIN_SUPPORT + 0.5:
+            line = line[:-1] + (
+                ";\n    --max-leverage 0.5 widens every function that one galaxy dominates."
+            )
     return line

@@ -400,6 +400,16 @@ def test_isolated_functions_are_stretched_to_the_minimum_support(features, catal
         pz.rbf_basis(X, z, 30, min_support=X.shape[0], rng=3)
 
 
+def test_leverage_stretch_of_a_function_far_from_every_galaxy():
+    """phi underflows to 0 at every galaxy for a centre far away; the leverage is still found."""
+    Xs = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.2], [1.0, 1.0]])
+    centers, lengths = np.array([[60.0, 60.0]]), np.ones((1, 2))
+    f = pz._leverage_stretch(Xs, centers, lengths, np.ones(1), 0.5)[0]
+    phi = np.exp(-0.5 * (((Xs - centers) / (f * lengths)) ** 2).sum(axis=1))
+    assert np.isfinite(f) and f > 1
+    np.testing.assert_allclose(phi.max() ** 2 / (phi**2).sum(), 0.5, rtol=1e-6)
+
+
 def test_max_leverage_widens_functions_one_galaxy_dominates(features, catalog):
     """After the minimum support, no galaxy holds more than max_leverage of a function's
     squared response (computed here from the basis evaluated directly); others are unchanged."""

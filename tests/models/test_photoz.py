@@ -520,8 +520,14 @@ def test_run_max_leverage_reaches_the_basis(monkeypatch):
         config = run_photoz.PhotozRunConfig(max_leverage=cap, basis=8)
         run_photoz._build(config, inputs, z, None, np.random.default_rng(1))
     assert seen == [None, 0.5]
-    for bad in (0.0, 1.5, np.nan):
-        with pytest.raises(ValueError, match=r"max_leverage must be in \(0, 1\] or None"):
+    # every model's training set has at least MIN_COMPONENT_MEMBERS galaxies, so any accepted
+    # value suits rbf_basis; one at or below 1 / 20 would fail only at a divide component's fit
+    assert run_photoz.MIN_COMPONENT_MEMBERS == 20
+    run_photoz.PhotozRunConfig(max_leverage=0.051)
+    for bad in (0.0, 0.05, 1.5, np.nan):
+        with pytest.raises(
+            ValueError, match=r"max_leverage \(--max-leverage\) must be in \(0.05, 1\]"
+        ):
             run_photoz.PhotozRunConfig(max_leverage=bad)
     configs = []
     monkeypatch.setattr(
@@ -715,7 +721,14 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
         text = run_photoz.format_report(_failed_report(simple={"fits": [lonely], "ok": False}))
         assert ("leave it as an outlier," in text) is (likelihood == "student_t")
         assert ("redraws the split and the k-means centres" in text) is (likelihood == "student_t")
-        assert ("--max-leverage 0.5 widens" in text) is (likelihood == "student_t")
+        # the option is suggested for a function stretched to the minimum support, unless the
+        # run used it; leverage does not count weights, so not for one heavily weighted galaxy
+        stretched = "galaxies" in few
+        assert ("--max-leverage 0.5 widens" in text) is (likelihood == "student_t" and stretched)
+        used = _failed_report(simple={"fits": [lonely], "ok": False}) | {
+            "config": {"max_leverage": 0.5}
+        }
+        assert "--max-leverage" not in run_photoz.format_report(used)
 
 
 def test_coef_prior_sd_is_the_models_prior(toy):
