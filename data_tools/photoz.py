@@ -1056,26 +1056,26 @@ def rbf_basis(
         gp.fit(Xs[sub], np.log1p(z[sub]))
     lengths = np.atleast_1d(gp.kernel_.k1.k2.length_scale).astype(float)
     lengths = np.tile(lengths, (n_basis, 1))
-    stretch = _support_stretch(Xs, centers, lengths, min_support)
+    # squared scaled distances of every galaxy to every centre, for both stretches
+    r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
+    stretch = _support_stretch(r2, min_support)
     if max_leverage is not None and max_leverage < 1:
-        stretch = _leverage_stretch(Xs, centers, lengths, stretch, max_leverage)
+        stretch = _leverage_stretch(r2, stretch, max_leverage)
     return RBFBasis(center, scale, centers, lengths * stretch[:, None])
 
 
-def _support_stretch(
-    Xs: np.ndarray, centers: np.ndarray, lengths: np.ndarray, min_support: float
-) -> np.ndarray:
+def _support_stretch(r2: np.ndarray, min_support: float) -> np.ndarray:
     """Per-function factor >= 1 on the length scales that lifts each support to ``min_support``.
 
     Support ``s_j(f) = sum_i exp(-0.5 r_ij^2 / f^2)`` rises from ``s_j(1)`` towards
-    ``n > min_support`` as ``f`` grows, so the root is bracketed by doubling.
+    ``n > min_support`` as ``f`` grows, so the root is bracketed by doubling. ``r2``: squared
+    scaled distances, ``(n_galaxy, n_basis)``.
     """
-    r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
 
     def gap(f: float, j: int) -> float:
         return float(np.exp(-0.5 * r2[:, j] / f**2).sum() - min_support)
 
-    stretch = np.ones(centers.shape[0])
+    stretch = np.ones(r2.shape[1])
     for j in np.flatnonzero(np.exp(-0.5 * r2).sum(axis=0) < min_support):
         hi = 2.0
         while gap(hi, j) < 0:
@@ -1084,26 +1084,19 @@ def _support_stretch(
     return stretch
 
 
-def _leverage_stretch(
-    Xs: np.ndarray,
-    centers: np.ndarray,
-    lengths: np.ndarray,
-    stretch: np.ndarray,
-    max_leverage: float,
-) -> np.ndarray:
+def _leverage_stretch(r2: np.ndarray, stretch: np.ndarray, max_leverage: float) -> np.ndarray:
     """Stretch further each function one galaxy dominates, to a leverage of ``max_leverage``.
 
     The leverage ``max_i phi_ij^2 / sum_i phi_ij^2`` tends to ``1 / n`` as the stretch grows;
     the first root above the current stretch is bracketed by doubling.
     """
-    r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
 
     def excess(f: float, j: int) -> float:
         phi = np.exp(-0.5 * (r2[:, j] - r2[:, j].min()) / f**2)  # the same ratio, no underflow
         return float(phi.max() ** 2 / (phi**2).sum() - max_leverage)
 
     out = stretch.copy()
-    for j in range(centers.shape[0]):
+    for j in range(r2.shape[1]):
         if excess(out[j], j) <= 0:
             continue
         lo, hi = out[j], 2.0 * out[j]

@@ -1029,10 +1029,9 @@ def _format_support(support: dict[str, Any], *, hint: bool = True) -> str:
             "fitting the galaxy\n    puts the weight, the more the second weighs; "
             "docs/photoz.md). "
             "Another --seed\n    redraws the split and the k-means centres (and a simulated "
-            "catalogue)."
+            "catalogue)"
         )
         if hint and support["galaxies"] < MIN_SUPPORT + 0.5:
-            line = line[:-1] + (
-                ";\n    --max-leverage 0.5 widens every function that one galaxy dominates."
-            )
+            line += ";\n    --max-leverage 0.5 widens every function that one galaxy dominates"
+        line += "."
     return line
