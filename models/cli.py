@@ -202,10 +202,10 @@ def _parser() -> argparse.ArgumentParser:
     pz.add_argument(
         "--max-leverage",
         type=float,
-        default=None,
+        default=0.5,
         help="widen every basis function until no training galaxy holds more than this share of "
-        "its squared response, in (0.05, 1] (e.g. 0.5, for a fit that fails on an isolated "
-        "galaxy's function; default: no limit)",
+        "its squared response, in (0.05, 1] (default 0.5: keeps an isolated galaxy from "
+        "dominating a function, whose weight then mixes slowly; 1: no limit)",
     )
     pz.add_argument(
         "--weights",

@@ -503,7 +503,7 @@ def test_run_weights_choose_the_weighted_variants_weights(monkeypatch, tmp_path,
 
 
 def test_run_max_leverage_reaches_the_basis(monkeypatch):
-    """--max-leverage goes to every model's basis functions; None by default; checked."""
+    """--max-leverage goes to every model's basis functions; 0.5 by default; checked."""
     from data_tools.photoz import simulate_galaxy_catalog
     from models.cli import main
     from models.runs import photoz as run_photoz
@@ -533,9 +533,10 @@ def test_run_max_leverage_reaches_the_basis(monkeypatch):
     monkeypatch.setattr(
         run_photoz, "run", lambda c: configs.append(c) or {"diagnostics": {"ok": True}}
     )
-    assert main(["run", "photoz", "--max-leverage", "0.5", "--quiet"]) == 0
+    assert main(["run", "photoz", "--max-leverage", "1", "--quiet"]) == 0
     assert main(["run", "photoz", "--quiet"]) == 0
-    assert [c.max_leverage for c in configs] == [0.5, None]
+    assert [c.max_leverage for c in configs] == [1.0, 0.5]
+    assert run_photoz.PhotozRunConfig().max_leverage == 0.5
 
 
 def test_run_likelihood_reaches_both_models(monkeypatch):
