@@ -204,8 +204,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="widen every basis function until no training galaxy holds more than this share of "
-        "its squared response, in (0.05, 1] (default 0.5: keeps an isolated galaxy from "
-        "dominating a function, whose weight then mixes slowly; 1: no limit)",
+        "its squared response, in (0.05, 1] (default 0.5: the weight of a function one "
+        "galaxy dominates mixes slowly; 1: no limit)",
     )
     pz.add_argument(
         "--weights",

@@ -201,15 +201,15 @@ def relevance_sd(
     weight near zero, relevant ones a prior no wider than the targets' spread.
 
     The upper clip regularises too. ARD asks for more than ``s_y`` for about a third of the
-    functions: for overlapping ones whose large weights cancel (up to 22 ``s_y`` in the
-    default run at seed 12), and for a function that a galaxy far from the others has to
-    itself, whose weight must then carry that galaxy alone (seed 12: ``coef[basis99]``, 3.8
+    functions: for overlapping ones whose large weights cancel (up to 22 ``s_y`` in the run at
+    seed 12 with ``--max-leverage 1``), and for a function that a galaxy far from the others has
+    to itself, whose weight must then carry that galaxy alone (seed 12: ``coef[basis99]``, 3.8
     ``s_y``). Clipped, such a weight sits far out in its prior when it fits its galaxy (5 prior
     sd at seed 12), and under Student-t noise its posterior has a second mode where the galaxy
     is an outlier instead. Clipping every function at 4 ``s_y`` made that fit mix (r-hat 1.004,
-    bulk ESS 2,096 against 1.015 and 161), and so did doing so only for functions fewer than
-    5.5 galaxies inform; but either cost accuracy at seed 8 (divide's sigma_NMAD 0.113 to
-    0.130 or 0.127, simple's 68 % coverage 0.636 to 0.588 or 0.614), so the clip stays.
+    bulk ESS 2,096 against 1.015 and 161), and so did doing so only for functions fewer than 5.5
+    galaxies inform; but either cost accuracy at seed 8 (divide's sigma_NMAD 0.113 to 0.130 or
+    0.127, simple's 68 % coverage 0.636 to 0.588 or 0.614), so the clip stays.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import ARDRegression

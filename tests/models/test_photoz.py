@@ -730,6 +730,11 @@ def test_a_failed_basis_weight_is_reported_with_its_support(toy, likelihood, wei
             "config": {"max_leverage": 0.5}
         }
         assert "--max-leverage" not in run_photoz.format_report(used)
+        # ... and suggested again when the run turned the default off
+        off = used | {"config": {"max_leverage": 1.0}}
+        assert ("--max-leverage 0.5 widens" in run_photoz.format_report(off)) is (
+            likelihood == "student_t" and stretched
+        )
 
 
 def test_coef_prior_sd_is_the_models_prior(toy):
