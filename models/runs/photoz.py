@@ -402,8 +402,7 @@ def _variant(mode, config, train, z_train, test, weights, division, test_resp, r
     if not fitted:
         raise ValueError(
             f"no mixture component has {MIN_COMPONENT_MEMBERS} or more training members at "
-            f"threshold "
-            f"{config.threshold}; lower --threshold or use fewer --components."
+            f"threshold {config.threshold}; lower --threshold or use fewer --components."
         )
     samples = combine_divided(per_component, fitted_responsibility(test_resp, fitted), rng=rng)
     return Variant(samples, fits, members=fitted, seconds=time.perf_counter() - t0)
@@ -998,8 +997,10 @@ def format_report(report: dict[str, Any]) -> str:
                 continue
             lines.append(f"  {which}: {format_convergence(one)}")
             if "basis_support" in one:
+                # no limit: as rbf_basis reads max_leverage (None, or 1, the largest allowed)
                 leverage = report.get("config", {}).get("max_leverage")
-                lines.append(_format_support(one["basis_support"], hint=leverage in (None, 1, 1.0)))
+                off = leverage is None or leverage >= 1
+                lines.append(_format_support(one["basis_support"], hint=off))
     return "\n".join(lines)
 
 
