@@ -539,6 +539,59 @@ def test_run_max_leverage_reaches_the_basis(monkeypatch):
     assert run_photoz.PhotozRunConfig().max_leverage == 0.5
 
 
+def test_divide_fits_only_components_with_enough_members(monkeypatch):
+    """A divide component under MIN_COMPONENT_MEMBERS gets no model and its galaxies go to the
+    others; with none left the run stops with an error that names the options to change."""
+    from data_tools.photoz import Division
+    from models.runs import photoz as run_photoz
+
+    n_train, n_test = 90, 7
+    rng = np.random.default_rng(0)
+    train = run_photoz.Inputs(rng.normal(size=(n_train, 3)), None, None)
+    test = run_photoz.Inputs(rng.normal(size=(n_test, 3)), None, None)
+    z = rng.uniform(0.1, 3.0, n_train)
+    sizes = [40, run_photoz.MIN_COMPONENT_MEMBERS - 1, run_photoz.MIN_COMPONENT_MEMBERS]
+    member = np.zeros((n_train, 3), dtype=bool)
+    start = 0
+    for k, size in enumerate(sizes):
+        member[start : start + size, k] = True
+        start += size
+    trained = []
+
+    def train_one(config, inputs, z_k, weights, rng):
+        trained.append(z_k.size)
+        return len(trained) - 1, None  # the "model" is the component's index among the fitted
+
+    fitted_value = {0: 10.0, 1: 30.0}  # what each fitted model predicts, by fit order
+    monkeypatch.setattr(run_photoz, "_train_one", train_one)
+    monkeypatch.setattr(
+        run_photoz,
+        "_predict",
+        lambda m, i, g, r: np.full((g.features.shape[0], 500), fitted_value[m]),
+    )
+    # test galaxy 0 belongs to the skipped component only: it falls back to the fitted ones
+    resp = np.array([[0, 1, 0]] + [[0.5, 0.2, 0.3]] * (n_test - 1), dtype=float)
+    config = run_photoz.PhotozRunConfig(threshold=0.3)
+    division = Division(resp, member, config.threshold)
+    variant = run_photoz._variant("divide", config, train, z, test, None, division, resp, 1)
+    assert trained == [40, run_photoz.MIN_COMPONENT_MEMBERS]
+    assert variant.members == [0, 2]
+    assert set(np.unique(variant.samples)) == {10.0, 30.0}
+    # galaxy 0 draws from both fitted components equally; the others 0.5 : 0.3
+    share = (variant.samples == 10.0).mean(axis=1)
+    assert share[0] == pytest.approx(0.5, abs=0.1)
+    assert share[1:].mean() == pytest.approx(0.5 / 0.8, abs=0.04)
+
+    division.member[:] = False
+    division.member[: run_photoz.MIN_COMPONENT_MEMBERS - 1, 0] = True
+    with pytest.raises(
+        ValueError,
+        match=r"no mixture component has 20 or more training members at threshold 0\.3; "
+        r"lower --threshold or use fewer --components",
+    ):
+        run_photoz._variant("divide", config, train, z, test, None, division, resp, 1)
+
+
 def test_run_likelihood_reaches_both_models(monkeypatch):
     """--likelihood sets the noise of every model the run builds, the LOO baseline's too."""
     from data_tools.photoz import simulate_galaxy_catalog
