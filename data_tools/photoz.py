@@ -95,6 +95,7 @@ __all__ = [
     "gmm_features",
     "gmm_weights",
     "interval_metrics",
+    "limits_leverage",
     "luptitudes",
     "metrics_table",
     "pit",
@@ -1059,9 +1060,18 @@ def rbf_basis(
     # squared scaled distances of every galaxy to every centre, for both stretches
     r2 = (((Xs[:, None, :] - centers[None]) / lengths[None]) ** 2).sum(axis=-1)
     stretch = _support_stretch(r2, min_support)
-    if max_leverage is not None and max_leverage < 1:
+    if limits_leverage(max_leverage):
         stretch = _leverage_stretch(r2, stretch, max_leverage)
     return RBFBasis(center, scale, centers, lengths * stretch[:, None])
+
+
+def limits_leverage(max_leverage: float | None) -> bool:
+    """Whether :func:`rbf_basis` stretches any function for this ``max_leverage``.
+
+    ``None`` and 1 (no galaxy can hold more than all of a function) leave the basis as the
+    minimum support makes it.
+    """
+    return max_leverage is not None and max_leverage < 1
 
 
 def _support_stretch(r2: np.ndarray, min_support: float) -> np.ndarray:

@@ -37,6 +37,7 @@ from data_tools.photoz import (
     gmm_divide,
     gmm_features,
     gmm_weights,
+    limits_leverage,
     metrics_table,
     pit,
     pit_coverage,
@@ -997,10 +998,9 @@ def format_report(report: dict[str, Any]) -> str:
                 continue
             lines.append(f"  {which}: {format_convergence(one)}")
             if "basis_support" in one:
-                # no limit: as rbf_basis reads max_leverage (None, or 1, the largest allowed)
                 leverage = report.get("config", {}).get("max_leverage")
-                off = leverage is None or leverage >= 1
-                lines.append(_format_support(one["basis_support"], hint=off))
+                hint = not limits_leverage(leverage)
+                lines.append(_format_support(one["basis_support"], hint=hint))
     return "\n".join(lines)
 
 

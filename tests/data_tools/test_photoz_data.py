@@ -423,6 +423,8 @@ def test_max_leverage_widens_functions_one_galaxy_dominates(features, catalog):
     one = pz.rbf_basis(X, z, 30, min_support=3.0, max_leverage=1.0, rng=3)
     np.testing.assert_array_equal(one.length_scales, supported.length_scales)
     np.testing.assert_array_equal(capped.centers, supported.centers)
+    # the same rule as the run's report uses to say whether the limit was on
+    assert [pz.limits_leverage(v) for v in (None, 1.0, 0.999, 0.5)] == [False, False, True, True]
 
     def leverage(b):
         phi = b.design(X, "X")

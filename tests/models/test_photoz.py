@@ -572,7 +572,7 @@ def test_divide_fits_only_components_with_enough_members(monkeypatch):
     # test galaxy 0 belongs to the skipped component only: it falls back to the fitted ones
     resp = np.array([[0, 1, 0]] + [[0.5, 0.2, 0.3]] * (n_test - 1), dtype=float)
     config = run_photoz.PhotozRunConfig(threshold=0.3)
-    division = Division(resp, member, config.threshold)
+    division = Division(member.astype(float), member, config.threshold)  # the training galaxies
     variant = run_photoz._variant("divide", config, train, z, test, None, division, resp, 1)
     assert trained == [40, run_photoz.MIN_COMPONENT_MEMBERS]
     assert variant.members == [0, 2]
